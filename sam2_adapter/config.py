@@ -1,0 +1,80 @@
+"""The adapter's configuration: one place with its defaults.
+
+The manifest's `models[].configuration` mirrors `Settings()` (a test keeps the two equal) and the README documents
+every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from sam2_adapter.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Keys the platform itself puts in a model configuration; not ours to validate.
+_PLATFORM_KEYS = {"batch_size", "include_background", "include_model_annotations", "id_to_label_map",
+                  "label_to_id_map", "embeddings_size", "predict_embed_subset_limit", "predict_embed_timeout",
+                  "upload_annotations", "clean_annotations", "overwrite_annotations", "upload_features",
+                  "root_path", "data_path", "output_path"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "sam2.1_hiera_tiny"
+    """Registry name of the checkpoint (sam2.1_hiera_tiny/small/base_plus/large, sam2_hiera_*, micro)."""
+    config_file: str | None = None
+    """A fine-tuned model's YAML config (a path, or a file name in the model's artifacts); replaces `model`."""
+    checkpoint_file: str | None = None
+    """A fine-tuned model's checkpoint `{"model": state_dict}` (a path, or a file name in the artifacts)."""
+    device: str = "auto"
+    """auto (cuda, then mps, then cpu), or a torch device string."""
+    download: bool = True
+    """Download official checkpoints that are neither in the artifacts nor in the local cache."""
+    embedding_cache_mb: int = 2048
+    """Bound of the image-feature cache in MiB (hiera models at 1024 px take about 16 MiB an image in fp32)."""
+    mask_threshold: float = 0.0
+    """Logit above which a pixel is in the mask."""
+    polygon_tolerance: float = 1.0
+    """Douglas-Peucker tolerance in pixels when a mask becomes polygons."""
+    polygon_min_area: float = 8.0
+    """Parts and holes smaller than this many pixels are dropped from polygons."""
+    max_prompts_per_call: int = 64
+    """Prompts decoded together in one mask-decoder call (bounds decoder memory on large requests)."""
+    refine_memory_objects: int = 256
+    """Objects whose last logits are kept for click refinement."""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> "Settings":
+        """Settings from a model configuration: defaults for missing keys, a clear error for a bad value."""
+        values = dict(values or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields) - _PLATFORM_KEYS)
+        if unknown:
+            log.warning("ignoring unknown configuration keys: %s", ", ".join(unknown))
+        kwargs = {}
+        for name, field in fields.items():
+            if name not in values or values[name] is None:
+                continue
+            value = values[name]
+            default = field.default
+            try:
+                if isinstance(default, bool):
+                    if not isinstance(value, bool):
+                        raise ValueError("expected true or false")
+                elif isinstance(default, (int, float)):
+                    value = type(default)(value)
+                    if value < 0:
+                        raise ValueError("must not be negative")
+                else:
+                    value = str(value)
+            except (TypeError, ValueError) as error:
+                raise InputError(f"configuration key {name!r} has a bad value {values[name]!r}: {error}") from None
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,284 @@
+"""Prompts (boxes, clicks, previous logits) -> masks and scores, on features encoded once per image.
+
+Coordinates are image pixels: boxes x1, y1, x2, y2; points x, y. Masks come back cropped to the only region
+where they can be non-empty, with that region's origin, so a 20-box request on a 4K image never builds 20
+full-frame masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Hashable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sam2.modeling.sam2_base import SAM2Base
+from sam2.utils.transforms import SAM2Transforms
+
+from sam2_adapter.embeddings import EmbeddingCache, ImageFeatures
+from sam2_adapter.errors import InputError
+from sam2_adapter.geometry import enclosing_box, rotated_box_mask, validate_box
+from sam2_adapter.models import inference_context
+
+# Prompt-encoder labels of a box's two corners.
+_BOX_LABELS = (2, 3)
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """One predicted mask.
+
+    crop: (h, w) bool, the mask inside the region `origin` (x0, y0) .. (x0 + w, y0 + h) of the image; outside it
+        the mask is empty by construction (see `_region`).
+    score: SAM 2's predicted IoU of the mask.
+    low_res_logits: (1, s, s) float32 logits at the decoder's resolution, to feed back as `mask_input`.
+    """
+
+    crop: np.ndarray
+    origin: tuple[int, int]
+    image_hw: tuple[int, int]
+    score: float
+    low_res_logits: np.ndarray
+
+    @property
+    def area(self) -> int:
+        return int(self.crop.sum())
+
+    def full(self) -> np.ndarray:
+        """The mask at image size, (H, W) bool."""
+        mask = np.zeros(self.image_hw, dtype=bool)
+        x0, y0 = self.origin
+        mask[y0:y0 + self.crop.shape[0], x0:x0 + self.crop.shape[1]] = self.crop
+        return mask
+
+
+class ImageSegmenter:
+    """SAM 2 image prediction for many prompts on one encoded image, thread-safe.
+
+    Unlike `SAM2ImagePredictor` it holds no per-image state (features live in the shared cache), derives feature
+    sizes from the model instead of assuming 1024 px input, batches every box of a request in one decoder call, and
+    upsamples logits only where the mask can be.
+    """
+
+    def __init__(self, model: SAM2Base, cache: EmbeddingCache | None = None, mask_threshold: float = 0.0,
+                 max_prompts_per_call: int = 64):
+        self.model = model
+        self.cache = cache
+        self.mask_threshold = mask_threshold
+        self.max_prompts_per_call = max_prompts_per_call
+        self.device = next(model.parameters()).device
+        self._transforms = SAM2Transforms(resolution=model.image_size, mask_threshold=mask_threshold)
+
+    # -- encoding ----------------------------------------------------------------------------------------------
+    def features(self, key: Hashable, load_image: Callable[[], np.ndarray]) -> ImageFeatures:
+        """Features of the image `key` names, from the cache; `load_image` () -> (H, W, 3) uint8 RGB is called
+        (and the image encoded) only when they are not cached."""
+        if self.cache is None:
+            return self.encode(load_image())
+        return self.cache.get_or_compute(key, lambda: self.encode(load_image()))
+
+    @torch.inference_mode()
+    def encode(self, image: np.ndarray) -> ImageFeatures:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
+        pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float() / 255.0
+        with inference_context(self.device):
+            backbone = self.model.forward_image(self._transforms.transforms(pixels)[None])
+            _, tokens, _, sizes = self.model._prepare_backbone_features(backbone)
+            if self.model.directly_add_no_mem_embed:
+                tokens[-1] = tokens[-1] + self.model.no_mem_embed
+        maps = [t.permute(1, 2, 0).reshape(1, -1, *s) for t, s in zip(tokens, sizes)]
+        return ImageFeatures(image_embed=maps[-1], high_res=tuple(maps[:-1]), orig_hw=tuple(image.shape[:2]))
+
+    # -- prompts -----------------------------------------------------------------------------------------------
+    def segment_boxes(self, features: ImageFeatures, boxes: np.ndarray) -> list[MaskResult]:
+        """One mask per (N, 4) box, x1, y1, x2, y2 in image pixels (validated by the caller)."""
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        results: list[MaskResult] = []
+        for start in range(0, len(boxes), self.max_prompts_per_call):
+            chunk = boxes[start:start + self.max_prompts_per_call]
+            labels = np.tile(np.array(_BOX_LABELS, dtype=np.int32), (len(chunk), 1))
+            results += self._decode(features, chunk.reshape(-1, 2, 2), labels, None, multimask=False)
+        return results
+
+    def segment_points(self, features: ImageFeatures, points: np.ndarray, labels: np.ndarray,
+                       box: Sequence[float] | None = None, mask_input: np.ndarray | None = None) -> MaskResult:
+        """One object from clicks (P, 2) x, y with labels (P,) 1 = object, 0 = background, an optional box, and
+        the previous `low_res_logits` of the same object as `mask_input`.
+
+        A single click without box or previous mask is ambiguous: SAM 2 gives three masks and the one with the
+        highest predicted IoU is kept, as in SAM 2's own demo.
+        """
+        coords = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+        point_labels = np.asarray(labels, dtype=np.int32).reshape(-1)
+        if box is not None:
+            coords = np.concatenate([np.asarray(box, dtype=np.float32).reshape(2, 2), coords])
+            point_labels = np.concatenate([np.array(_BOX_LABELS, dtype=np.int32), point_labels])
+        multimask = len(point_labels) == 1 and mask_input is None
+        return self._decode(features, coords[None], point_labels[None], mask_input, multimask)[0]
+
+    @torch.inference_mode()
+    def _decode(self, features: ImageFeatures, coords: np.ndarray, labels: np.ndarray,
+                mask_input: np.ndarray | None, multimask: bool) -> list[MaskResult]:
+        """Coords (B, P, 2) in image pixels with labels (B, P) -> B masks."""
+        h, w = features.orig_hw
+        size = self.model.image_size
+        scale = torch.tensor([size / w, size / h], device=self.device)
+        points = (torch.as_tensor(coords, device=self.device) * scale, torch.as_tensor(labels, device=self.device))
+        masks = None
+        if mask_input is not None:
+            masks = torch.as_tensor(mask_input, dtype=torch.float32, device=self.device).reshape(1, 1, *mask_input.shape[-2:])
+        with inference_context(self.device):
+            sparse, dense = self.model.sam_prompt_encoder(points=points, boxes=None, masks=masks)
+            logits, scores, _, _ = self.model.sam_mask_decoder(
+                image_embeddings=features.image_embed,
+                image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+                repeat_image=len(coords) > 1,
+                high_res_features=list(features.high_res),
+            )
+        logits, scores = logits.float(), scores.float()
+        if multimask:
+            best = scores.argmax(dim=1)
+            rows = torch.arange(len(best), device=best.device)
+            logits, scores = logits[rows, best][:, None], scores[rows, best][:, None]
+        logits = logits.clamp(-32.0, 32.0)
+        return [self._upsample(logits[i], float(scores[i, 0]), features.orig_hw) for i in range(len(logits))]
+
+    def _upsample(self, logits: torch.Tensor, score: float, image_hw: tuple[int, int]) -> MaskResult:
+        """Bilinear upsampling of (1, s, s) logits to the image, as `F.interpolate(..., align_corners=False)`
+        would do on the whole image, but computed only inside the region where a pixel can be positive."""
+        low_res = logits.cpu().numpy().astype(np.float32)
+        region = _region(logits[0] > self.mask_threshold, image_hw)
+        if region is None:
+            return MaskResult(np.zeros((0, 0), bool), (0, 0), image_hw, score, low_res)
+        x0, y0, x1, y1 = region
+        height, width = image_hw
+        # Source coordinate of each output pixel centre, normalised for grid_sample(align_corners=False).
+        xs = (torch.arange(x0, x1, device=logits.device, dtype=torch.float32) + 0.5) / width * 2 - 1
+        ys = (torch.arange(y0, y1, device=logits.device, dtype=torch.float32) + 0.5) / height * 2 - 1
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
+        up = F.grid_sample(logits[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        crop = (up[0, 0] > self.mask_threshold).cpu().numpy()
+        return MaskResult(crop, (x0, y0), image_hw, score, low_res)
+
+
+def _region(positive: torch.Tensor, image_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """Image region x0, y0, x1, y1 outside which bilinear upsampling of low-res logits cannot be positive.
+
+    An output pixel mixes the (up to) 2x2 low-res cells around its source coordinate; if none of them is positive
+    neither is the pixel. So the region is the positive cells' bounding box grown by one cell, mapped to pixels.
+    """
+    rows = torch.nonzero(positive.any(dim=1)).flatten()
+    cols = torch.nonzero(positive.any(dim=0)).flatten()
+    if len(rows) == 0:
+        return None
+    s_h, s_w = positive.shape
+    height, width = image_hw
+
+    def span(first: int, last: int, cells: int, pixels: int) -> tuple[int, int]:
+        ratio = pixels / cells
+        lo = math.floor((first - 0.5) * ratio - 0.5)
+        hi = math.ceil((last + 1.5) * ratio - 0.5) + 1
+        return max(lo, 0), min(hi, pixels)
+
+    y0, y1 = span(int(rows[0]), int(rows[-1]), s_h, height)
+    x0, x1 = span(int(cols[0]), int(cols[-1]), s_w, width)
+    return x0, y0, x1, y1
+
+
+class RefinementMemory:
+    """The last low-res logits of each object an annotator is refining with clicks, so that the next click on the
+    same object is decoded with them as `mask_input` (SAM 2's interactive loop).
+
+    A call continues an object when it is on the same image with the same box and its clicks extend the clicks of
+    the stored call; anything else starts afresh. Bounded: the oldest objects are forgotten first.
+    """
+
+    def __init__(self, max_objects: int = 256):
+        self.max_objects = max_objects
+        self._entries: OrderedDict[Hashable, tuple[tuple, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(image_key: Hashable, box: Sequence[float] | None) -> Hashable:
+        return image_key, None if box is None else tuple(round(float(v), 1) for v in box)
+
+    def previous(self, image_key: Hashable, box, points: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+        clicks = _clicks(points, labels)
+        with self._lock:
+            entry = self._entries.get(self._key(image_key, box))
+        if entry is None:
+            return None
+        stored, logits = entry
+        if len(stored) < len(clicks) and clicks[:len(stored)] == stored:
+            return logits
+        return None
+
+    def remember(self, image_key: Hashable, box, points: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> None:
+        key = self._key(image_key, box)
+        with self._lock:
+            self._entries[key] = (_clicks(points, labels), logits)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_objects:
+                self._entries.popitem(last=False)
+
+
+def _clicks(points: np.ndarray, labels: np.ndarray) -> tuple:
+    return tuple((round(float(x), 1), round(float(y), 1), int(lab))
+                 for (x, y), lab in zip(np.asarray(points).reshape(-1, 2), np.asarray(labels).reshape(-1)))
+
+
+@dataclass(frozen=True)
+class BoxPrompt:
+    """A box as the user drew it: `name` says which input it is in messages (e.g. "annotation 65ab..");
+    `angle` is a dtlpy rotated box's angle in degrees about the box centre."""
+
+    name: str
+    box: Sequence[float]
+    angle: float = 0.0
+
+
+def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures,
+                        prompts: Sequence[BoxPrompt]) -> list[MaskResult | InputError]:
+    """A mask for every box of a request, decoded together; a bad or empty box gives its own InputError in its
+    place and never costs the others their masks.
+
+    A rotated box prompts SAM 2 with its enclosing box and keeps only the mask inside the rotated rectangle.
+    """
+    height, width = features.orig_hw
+    outcomes: list[MaskResult | InputError] = []
+    valid: list[tuple[int, np.ndarray]] = []
+    for index, prompt in enumerate(prompts):
+        try:
+            angle = float(prompt.angle or 0.0)
+            if not math.isfinite(angle):
+                raise InputError(f"{prompt.name}: box angle {prompt.angle!r} is not a number")
+            box = enclosing_box(prompt.box, angle) if angle else prompt.box
+            valid.append((index, validate_box(box, width, height, prompt.name)))
+            outcomes.append(None)
+        except InputError as error:
+            outcomes.append(error)
+    if valid:
+        results = segmenter.segment_boxes(features, np.stack([box for _, box in valid]))
+        for (index, _), result in zip(valid, results):
+            prompt = prompts[index]
+            if prompt.angle and result.area:
+                result = _clip_to_rotated_box(result, prompt)
+            outcomes[index] = result if result.area else InputError(
+                f"{prompt.name}: SAM 2 found no object inside the box")
+    return outcomes
+
+
+def _clip_to_rotated_box(result: MaskResult, prompt: BoxPrompt) -> MaskResult:
+    x0, y0 = result.origin
+    h, w = result.crop.shape
+    inside = rotated_box_mask(np.asarray(prompt.box, np.float64) - [x0, y0, x0, y0], prompt.angle, h, w)
+    return dataclasses.replace(result, crop=result.crop & inside)

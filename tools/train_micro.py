@@ -1,0 +1,272 @@
+"""Trains the micro SAM 2 checkpoint (assets/micro/) on generated scenes and clips, on the CPU.
+
+    python tools/train_micro.py --out assets/micro/sam2_micro.pt
+
+Image path: box prompts, one positive click, then two correction clicks sampled in the error region with the
+previous low-res logits fed back as mask input. Video path: a box, click or mask prompt on frame 0 of a clip, the
+following frames tracked through the memory attention and memory encoder, losses on every frame. Losses follow
+the SAM 2 paper: focal (x20) + dice on masks (the best of the multimask outputs), L1 on the IoU prediction, BCE on
+the object score. Everything is seeded; the checkpoint is `{"model": state_dict}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sam2_adapter.models import CheckpointError, load_model, spec_for  # noqa: E402
+from sam2_adapter.scenes import make_clip, make_scene  # noqa: E402
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+W_FOCAL, W_DICE, W_IOU, W_OBJ = 20.0, 1.0, 1.0, 1.0
+
+
+def to_input(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 RGB -> normalised (B, 3, H, W) float, as SAM2Transforms does."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    return (x - MEAN) / STD
+
+
+def encode(model, images: np.ndarray):
+    """Backbone features of a batch: per-level (HW, B, C) tokens, their position encodings and sizes."""
+    _, feats, pos, sizes = model._prepare_backbone_features(model.forward_image(to_input(images)))
+    return feats, pos, sizes
+
+
+def as_maps(model, feats, sizes, index):
+    """Token features of images `index` as (N, C, h, w) maps, the no-memory embedding added (image path)."""
+    maps = []
+    for level, (f, s) in enumerate(zip(feats, sizes)):
+        f = f[:, index]
+        if level == len(feats) - 1:
+            f = f + model.no_mem_embed
+        maps.append(f.permute(1, 2, 0).reshape(len(index), -1, *s))
+    return maps
+
+
+def focal_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-mask focal (x20) + dice loss. logits, target: (N, M, H, W) -> (N, M)."""
+    logits = logits.clamp(-32, 32)  # masks of objects scored absent are -1024: no gradient, bounded value
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = prob * target + (1 - prob) * (1 - target)
+    alpha_t = 0.25 * target + 0.75 * (1 - target)
+    focal = (alpha_t * ce * (1 - p_t) ** 2).flatten(2).mean(-1)
+    inter = (prob * target).flatten(2).sum(-1)
+    dice = 1 - (2 * inter + 1) / (prob.flatten(2).sum(-1) + target.flatten(2).sum(-1) + 1)
+    return W_FOCAL * focal + W_DICE * dice
+
+
+def sam_losses(outputs, target: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Losses of one `_forward_sam_heads` output against (N, H, W) targets; (loss, chosen low-res logits)."""
+    low_multi, high_multi, ious, _, _, _, obj_logits = outputs
+    tgt = target[:, None].float()
+    per_mask = focal_dice(high_multi, tgt.expand_as(high_multi))
+    best = per_mask.argmin(dim=1)
+    rows = torch.arange(len(best))
+    with torch.no_grad():
+        pred = high_multi > 0
+        inter = (pred & (tgt > 0)).flatten(2).sum(-1).float()
+        union = (pred | (tgt > 0)).flatten(2).sum(-1).float()
+        true_iou = inter / union.clamp(min=1)
+    pres = present.float()
+    loss_mask = (per_mask[rows, best] * pres).sum() / pres.sum().clamp(min=1)
+    loss_iou = ((ious - true_iou).abs().mean(1) * pres).sum() / pres.sum().clamp(min=1)
+    loss_obj = F.binary_cross_entropy_with_logits(obj_logits[:, 0], pres)
+    return loss_mask + W_IOU * loss_iou + W_OBJ * loss_obj, low_multi[rows, best][:, None]
+
+
+def sample_pixel(masks: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One uniformly drawn (x, y) pixel of each (N, H, W) mask (masks must be non-empty)."""
+    n, h, w = masks.shape
+    idx = torch.multinomial(masks.flatten(1).float() + 1e-12, 1, generator=gen)[:, 0]
+    return torch.stack([idx % w, idx // w], dim=1).float() + 0.5
+
+
+def correction_click(pred: torch.Tensor, target: torch.Tensor, gen: torch.Generator):
+    """A click drawn from the error region: positive on a missed pixel, negative on a false one."""
+    error = pred ^ target
+    empty = ~error.flatten(1).any(1)
+    error[empty] = target[empty]  # nothing to correct: click on the object again
+    xy = sample_pixel(error, gen)
+    ix, iy = xy[:, 0].long(), xy[:, 1].long()
+    label = target[torch.arange(len(ix)), iy, ix].int()
+    return xy, label
+
+
+def jitter_boxes(boxes: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    side = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, dim=1)
+    noise = torch.randn(boxes.shape, generator=gen) * 0.1 * side
+    return (boxes + noise.clamp(-20, 20)).clamp(0, size)
+
+
+def image_step(model, rng, gen, batch: int, per_image: int, size: int) -> torch.Tensor:
+    scenes = [make_scene(rng, size, size) for _ in range(batch)]
+    feats, _, sizes = encode(model, np.stack([s.image for s in scenes]))
+    index, masks, boxes = [], [], []
+    for i, scene in enumerate(scenes):
+        for k in rng.permutation(len(scene.masks))[:per_image]:
+            index.append(i)
+            masks.append(scene.masks[k])
+            boxes.append(scene.boxes[k])
+    target = torch.from_numpy(np.stack(masks))
+    maps = as_maps(model, feats, sizes, index)
+    embed, high_res = maps[-1], maps[:-1]
+    present = torch.ones(len(index), dtype=torch.bool)
+
+    n = len(index)
+    use_box = torch.rand(n, generator=gen) < 0.5
+    box_pts = jitter_boxes(torch.from_numpy(np.stack(boxes)), size, gen).view(n, 2, 2)
+    click = sample_pixel(target, gen)[:, None]
+    total = 0.0
+    prompts, prompts_logits = {}, {}
+    for name, sel in (("box", use_box), ("click", ~use_box)):
+        if sel.any():
+            coords = box_pts[sel] if name == "box" else click[sel]
+            labels = torch.tensor([2, 3] if name == "box" else [1]).repeat(int(sel.sum()), 1)
+            prompts[name] = (sel, coords, labels)
+    for rnd in range(3):
+        for name, (sel, coords, labels) in prompts.items():
+            out = model._forward_sam_heads(
+                backbone_features=embed[sel],
+                point_inputs={"point_coords": coords, "point_labels": labels},
+                mask_inputs=prompts_logits.get(name) if rnd else None,
+                high_res_features=[h[sel] for h in high_res],
+                multimask_output=(rnd == 0 and name == "click"),
+            )
+            loss, logits = sam_losses(out, target[sel], present[sel])
+            total = total + loss
+            prompts_logits[name] = logits.detach()
+            pred = F.interpolate(logits.detach(), size=(size, size), mode="bilinear")[:, 0] > 0
+            xy, lab = correction_click(pred, target[sel], gen)
+            prompts[name] = (sel, torch.cat([coords, xy[:, None]], 1), torch.cat([labels, lab[:, None]], 1))
+    return total / 6
+
+
+def video_step(model, rng, gen, clips: int, frames: int, size: int) -> torch.Tensor:
+    data = [make_clip(rng, n_frames=frames, height=size, width=size) for _ in range(clips)]
+    feats, pos, sizes = encode(model, np.concatenate([c.frames for c in data]))
+    pairs = [(c, int(rng.integers(len(clip.kinds)))) for c, clip in enumerate(data)]
+    masks = torch.from_numpy(np.stack([data[c].masks[:, k] for c, k in pairs], axis=1))  # (T, N, H, W)
+    visible = torch.from_numpy(np.stack([data[c].visible[:, k] for c, k in pairs], axis=1))  # (T, N)
+    n = len(pairs)
+    kind = rng.choice(["box", "click", "mask"], p=[0.5, 0.3, 0.2])
+    point_inputs, mask_inputs = None, None
+    if kind == "box":
+        boxes = torch.from_numpy(np.stack([_box(m) for m in masks[0]]))
+        point_inputs = {"point_coords": jitter_boxes(boxes, size, gen).view(n, 2, 2),
+                        "point_labels": torch.tensor([[2, 3]]).repeat(n, 1)}
+    elif kind == "click":
+        point_inputs = {"point_coords": sample_pixel(masks[0], gen)[:, None], "point_labels": torch.ones(n, 1, dtype=torch.int)}
+    else:
+        mask_inputs = masks[0][:, None].float()
+
+    output_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    total = 0.0
+    for t in range(frames):
+        index = [c * frames + t for c, _ in pairs]
+        current, sam_out, _, _ = model._track_step(
+            t, t == 0, [f[:, index] for f in feats], [p[:, index] for p in pos], sizes,
+            point_inputs if t == 0 else None, mask_inputs if t == 0 else None,
+            output_dict, frames, False, None,
+        )
+        _, _, _, low, high, obj_ptr, obj_logits = sam_out
+        current.update(pred_masks=low, pred_masks_high_res=high, obj_ptr=obj_ptr)
+        model._encode_memory_in_output([f[:, index] for f in feats], sizes, current["point_inputs"], True, high,
+                                       obj_logits, current)
+        output_dict["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = current
+        if not (t == 0 and kind == "mask"):  # a mask prompt is passed through as the output: nothing to learn
+            loss, _ = sam_losses(sam_out, masks[t], visible[t])
+            total = total + loss
+    return total / frames
+
+
+def _box(mask: torch.Tensor) -> np.ndarray:
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
+
+
+def save(model, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict()}, tmp)
+    os.replace(tmp, path)  # a reader never sees half a checkpoint
+
+
+def check_output(path: Path) -> None:
+    folder = path.parent
+    if not folder.is_dir():
+        sys.exit(f"error: output directory {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        sys.exit(f"error: cannot write {path}: permission denied")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("assets/micro/sam2_micro.pt"))
+    parser.add_argument("--config", type=Path, default=spec_for("micro").config_path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=2400, help="optimiser steps in all")
+    parser.add_argument("--image-only-steps", type=int, default=600, help="first steps without video batches")
+    parser.add_argument("--video-every", type=int, default=3, help="after those, every Nth step is a video batch")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--save-every", type=int, default=400, help="also write the checkpoint every N steps")
+    args = parser.parse_args(argv)
+    check_output(args.out)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    try:
+        model = load_model(args.config, None, "cpu")
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
+    model.train()
+    size = model.image_size
+    params = [p for p in model.parameters() if p.requires_grad]
+    print(f"model: {sum(p.numel() for p in params) / 1e6:.2f} M parameters, {size} px, seed {args.seed}", flush=True)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    warmup = 200
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+
+    start, running = time.time(), {"image": [], "video": []}
+    for step in range(args.steps):
+        video = step >= args.image_only_steps and step % args.video_every == 0
+        if video:
+            loss = video_step(model, rng, gen, clips=3, frames=6, size=size)
+        else:
+            loss = image_step(model, rng, gen, batch=8, per_image=3, size=size)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        running["video" if video else "image"].append(loss.item())
+        if (step + 1) % args.log_every == 0:
+            means = {k: f"{np.mean(v):.3f}" if v else "-" for k, v in running.items()}
+            print(f"step {step + 1}/{args.steps}  loss image {means['image']} video {means['video']}  "
+                  f"lr {sched.get_last_lr()[0]:.2e}  {time.time() - start:.0f} s", flush=True)
+            running = {"image": [], "video": []}
+        if (step + 1) % args.save_every == 0:
+            save(model, args.out)
+    save(model, args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) after {time.time() - start:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
