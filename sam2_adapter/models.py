@@ -7,6 +7,7 @@ official format, instantiated with hydra, and a `{"model": state_dict}` checkpoi
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import tempfile
@@ -156,7 +157,7 @@ def download_checkpoint(url: str, dest: Path, approx_bytes: int | None = None, p
             raise CheckpointError(f"download of {url} is truncated: {got} of {expected} bytes")
         _check_size(tmp, approx_bytes, url)
         os.replace(tmp, dest)
-    except OSError as error:
+    except (OSError, http.client.HTTPException) as error:
         raise CheckpointError(f"could not download {url} to {dest}: {error}") from error
     finally:
         tmp.unlink(missing_ok=True)
