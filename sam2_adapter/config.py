@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from sam2_adapter.errors import InputError
+from sam2_adapter.proposals import ProposalSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,30 @@ class Settings:
     """Prompts decoded together in one mask-decoder call (bounds decoder memory on large requests)."""
     refine_memory_objects: int = 256
     """Objects whose last logits are kept for click refinement."""
+    output_type: str = "segmentation"
+    """Batch jobs (predict_items / predict_dataset): `segmentation` (binary masks), `polygon`, or `both`."""
+    replace_boxes: bool = False
+    """Batch jobs: delete each source box once its mask is uploaded (default: keep the boxes)."""
+    no_prompts: str = "skip"
+    """Batch jobs, items without boxes: `skip` (reported) or `propose` (automatic mask proposals)."""
+    proposal_points_per_side: int = ProposalSettings.points_per_side
+    """Proposals: a grid of n x n single clicks."""
+    proposal_points_per_batch: int = ProposalSettings.points_per_batch
+    """Proposals: clicks decoded in one decoder call."""
+    proposal_pred_iou_thresh: float = ProposalSettings.pred_iou_thresh
+    """Proposals: keep masks whose predicted IoU is above this."""
+    proposal_stability_score_thresh: float = ProposalSettings.stability_score_thresh
+    """Proposals: keep masks whose stability score (IoU of the mask at logit +-offset) is at least this."""
+    proposal_stability_offset: float = ProposalSettings.stability_offset
+    """Proposals: the logit offset of the stability score."""
+    proposal_min_mask_area: int = ProposalSettings.min_mask_area
+    """Proposals: drop masks with fewer pixels."""
+    proposal_nms_iou_thresh: float = ProposalSettings.nms_iou_thresh
+    """Proposals: a mask overlapping a better one by more than this IoU is a duplicate."""
+    proposal_max_proposals: int = ProposalSettings.max_proposals
+    """Proposals: at most this many per image (0 = no cap)."""
+
+    _CHOICES = {"output_type": ("segmentation", "polygon", "both"), "no_prompts": ("skip", "propose")}
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> "Settings":
@@ -74,7 +99,15 @@ class Settings:
             except (TypeError, ValueError) as error:
                 raise InputError(f"configuration key {name!r} has a bad value {values[name]!r}: {error}") from None
             kwargs[name] = value
-        return cls(**kwargs)
+        for name, allowed in cls._CHOICES.items():
+            if name in kwargs and kwargs[name] not in allowed:
+                raise InputError(f"configuration key {name!r} is {kwargs[name]!r}; expected one of {', '.join(allowed)}")
+        settings = cls(**kwargs)
+        settings.proposals()  # validates the proposal keys now, not at the first image
+        return settings
+
+    def proposals(self) -> ProposalSettings:
+        return ProposalSettings.from_mapping(self.as_dict(), prefix="proposal_")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -92,17 +92,20 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {
     ]
 }
 
-# Overrides `sam2.build_sam` applies to every model it builds for inference; we apply the same.
-_IMAGE_OVERRIDES = {
+# Overrides `sam2.build_sam` applies to the models it builds for inference; we apply the same. One model serves
+# images and video: binarising clicked masks before the memory encoder only matters to tracking.
+_OVERRIDES = {
     "sam_mask_decoder_extra_args": {
         "dynamic_multimask_via_stability": True,
         "dynamic_multimask_stability_delta": 0.05,
         "dynamic_multimask_stability_thresh": 0.98,
-    }
-}
-_VIDEO_OVERRIDES = {
-    **_IMAGE_OVERRIDES,
+    },
     "binarize_mask_from_pts_for_mem_enc": True,
+}
+# ... and for SAM 2's own video predictor (the reference the tracker is checked against).
+_VIDEO_PREDICTOR_OVERRIDES = {
+    **_OVERRIDES,
+    "_target_": "sam2.sam2_video_predictor.SAM2VideoPredictor",
     "fill_hole_area": 8,
 }
 
@@ -182,10 +185,7 @@ def load_config(config: str | os.PathLike, video: bool = False) -> DictConfig:
         raise CheckpointError(f"model config {path} is not valid YAML: {error}") from error
     if "model" not in cfg or "_target_" not in cfg.model:
         raise CheckpointError(f"model config {path} has no `model._target_`: not a SAM 2 config")
-    overrides = dict(_VIDEO_OVERRIDES if video else _IMAGE_OVERRIDES)
-    if video:
-        overrides["_target_"] = "sam2.sam2_video_predictor.SAM2VideoPredictor"
-    cfg = OmegaConf.merge(cfg, {"model": overrides})
+    cfg = OmegaConf.merge(cfg, {"model": _VIDEO_PREDICTOR_OVERRIDES if video else _OVERRIDES})
     OmegaConf.resolve(cfg)
     return cfg
 

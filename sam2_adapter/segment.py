@@ -82,18 +82,32 @@ class ImageSegmenter:
             return self.encode(load_image())
         return self.cache.get_or_compute(key, lambda: self.encode(load_image()))
 
-    @torch.inference_mode()
     def encode(self, image: np.ndarray) -> ImageFeatures:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
-        pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float() / 255.0
+        return self.encode_many([image])[0]
+
+    @torch.inference_mode()
+    def encode_many(self, images: Sequence[np.ndarray]) -> list[ImageFeatures]:
+        """Features of (H, W, 3) uint8 RGB images of any sizes, encoded as one batch (each is resized to the
+        model's input size first, so sizes may differ); on a GPU a batch costs less than its images one by one."""
+        pixels = []
+        for image in images:
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
+            tensor = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float() / 255.0
+            pixels.append(self._transforms.transforms(tensor))
         with inference_context(self.device):
-            backbone = self.model.forward_image(self._transforms.transforms(pixels)[None])
+            backbone = self.model.forward_image(torch.stack(pixels))
             _, tokens, _, sizes = self.model._prepare_backbone_features(backbone)
             if self.model.directly_add_no_mem_embed:
                 tokens[-1] = tokens[-1] + self.model.no_mem_embed
-        maps = [t.permute(1, 2, 0).reshape(1, -1, *s) for t, s in zip(tokens, sizes)]
-        return ImageFeatures(image_embed=maps[-1], high_res=tuple(maps[:-1]), orig_hw=tuple(image.shape[:2]))
+        maps = [t.permute(1, 2, 0).reshape(len(images), -1, *s) for t, s in zip(tokens, sizes)]
+
+        def own(m: torch.Tensor, i: int) -> torch.Tensor:
+            # a cached slice must not keep the whole batch alive
+            return m[i:i + 1].clone() if len(images) > 1 else m
+
+        return [ImageFeatures(image_embed=own(maps[-1], i), high_res=tuple(own(m, i) for m in maps[:-1]),
+                              orig_hw=tuple(image.shape[:2])) for i, image in enumerate(images)]
 
     # -- prompts -----------------------------------------------------------------------------------------------
     def segment_boxes(self, features: ImageFeatures, boxes: np.ndarray) -> list[MaskResult]:
