@@ -317,9 +317,18 @@ def _in_artifacts(path: Path, artifacts: Path | None) -> Path:
     return path
 
 
+# Fields `dl.Annotation.from_json` insists on and a box just drawn in the studio may not carry yet.
+_UNSAVED_DEFAULTS = {"creator": None, "createdAt": None, "updatedBy": None, "updatedAt": None}
+
+
 def _parse_box_annotation(source: dict | dl.Annotation) -> dl.Annotation:
     try:
-        annotation = source if isinstance(source, dl.Annotation) else dl.Annotation.from_json(source)
+        if isinstance(source, dl.Annotation):
+            annotation = source
+        else:
+            metadata = dict(source.get("metadata") or {})
+            metadata["system"] = dict(metadata.get("system") or {})
+            annotation = dl.Annotation.from_json({**_UNSAVED_DEFAULTS, **source, "metadata": metadata})
     except KeyError as error:
         ident = source.get("id") if isinstance(source, dict) else None
         raise InputError(f"annotation {ident}: not a readable annotation (missing field {error})") from None

@@ -315,10 +315,15 @@ def _keyhole(outer: np.ndarray, holes: list, crop: np.ndarray, offset: tuple, to
     """
     ring = outer.astype(np.int64)
     order = sorted(range(len(holes)), key=lambda k: int(holes[k][1][:, 0].min()))
+    # Checking the other cuts costs a pass over the ring per hole; past a few dozen holes (noisy masks) that
+    # grows quadratically, so only the always-usable leftward cut is taken.
+    shortest = len(holes) <= _MAX_HOLES_FOR_SHORTEST_CUT
     for k in order:
         simple, traced = holes[k]
         best = None
         for p, q, leftward in _cuts(traced, crop, offset):
+            if not shortest and not leftward:
+                continue
             length = abs(int(q[0] - p[0])) + abs(int(q[1] - p[1]))
             if best is not None and length >= best[0]:
                 continue
@@ -337,6 +342,9 @@ def _keyhole(outer: np.ndarray, holes: list, crop: np.ndarray, offset: tuple, to
         if keep.sum() >= 3:
             ring = ring[keep]
     return ring
+
+
+_MAX_HOLES_FOR_SHORTEST_CUT = 32
 
 
 def _cuts(traced: np.ndarray, crop: np.ndarray, offset: tuple):

@@ -1,0 +1,131 @@
+"""Box to Polygon on a 1920x1080 image with 20 boxes: ours against the bare SAM 2 decoder (the limit) and against
+the existing Dataloop adapter's approach, measured in one run, printed as ratios.
+
+    python bench/bench_image.py                 # hiera-tiny architecture, random weights (timing only)
+    python bench/bench_image.py --model micro   # the trained micro model: real, compact masks
+
+All three start from the same cached image features (the encoder runs once per image in every approach; its time
+is printed for scale). The existing approach: one decoder call per box, the logits upsampled to the full image,
+`dl.Polygon.from_segmentation` per mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("DATALOOP_PATH", tempfile.mkdtemp(prefix="bench-dtlpy-"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from sam2_adapter.geometry import mask_to_polygons  # noqa: E402
+from sam2_adapter.models import SAM2_PACKAGE_DIR, load_model, load_named_model  # noqa: E402
+from sam2_adapter.scenes import make_scene  # noqa: E402
+from sam2_adapter.segment import BoxPrompt, ImageSegmenter, segment_box_prompts  # noqa: E402
+
+
+def median_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bare_decoder(segmenter: ImageSegmenter, features, boxes: np.ndarray):
+    """Prompt encoder + mask decoder on every box in one call: the least work any approach must do."""
+    model = segmenter.model
+    h, w = features.orig_hw
+    scale = torch.tensor([model.image_size / w, model.image_size / h])
+    coords = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 2, 2) * scale
+    labels = torch.tensor([[2, 3]]).repeat(len(boxes), 1)
+    with torch.inference_mode():
+        sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        return model.sam_mask_decoder(
+            image_embeddings=features.image_embed, image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+            repeat_image=len(boxes) > 1, high_res_features=list(features.high_res))
+
+
+def ours(segmenter: ImageSegmenter, features, boxes: np.ndarray) -> int:
+    prompts = [BoxPrompt(f"box {k}", box) for k, box in enumerate(boxes)]
+    rings = 0
+    for result in segment_box_prompts(segmenter, features, prompts):
+        if not isinstance(result, Exception):
+            rings += len(mask_to_polygons(result.crop))
+    return rings
+
+
+def existing_approach(segmenter: ImageSegmenter, features, boxes: np.ndarray) -> int:
+    import dtlpy as dl
+
+    h, w = features.orig_hw
+    rings = 0
+    for box in boxes:
+        (low_res, _, _, _) = bare_decoder(segmenter, features, box[None])
+        mask = (F.interpolate(low_res, (h, w), mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
+        polygon = dl.Polygon.from_segmentation(mask=mask, label="object")
+        rings += len(polygon) if isinstance(polygon, list) else 1
+    return rings
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="hiera-tiny", help="hiera-tiny (random weights) or a registry name")
+    parser.add_argument("--boxes", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.model == "hiera-tiny":
+        model = load_model(SAM2_PACKAGE_DIR / "configs/sam2.1/sam2.1_hiera_t.yaml", None, "cpu")
+    else:
+        model = load_named_model(args.model, "cpu")
+    segmenter = ImageSegmenter(model)
+
+    # A 1920x1080 generated scene; boxes around its objects, topped up with random boxes to --boxes.
+    rng = np.random.default_rng(0)
+    scene = make_scene(rng, 1080, 1920, n_objects=(8, 8))
+    extra = args.boxes - len(scene.boxes)
+    xy = rng.uniform([0, 0], [1600, 800], size=(max(extra, 0), 2))
+    wh = rng.uniform(60, 300, size=(max(extra, 0), 2))
+    boxes = np.concatenate([scene.boxes, np.concatenate([xy, xy + wh], axis=1)])[:args.boxes].astype(np.float32)
+
+    encode_s = median_time(lambda: segmenter.encode(scene.image), 1)
+    features = segmenter.encode(scene.image)
+    ours(segmenter, features, boxes)  # warm-up
+    limit = median_time(lambda: bare_decoder(segmenter, features, boxes), args.repeat)
+    mine = median_time(lambda: ours(segmenter, features, boxes), args.repeat)
+    theirs = median_time(lambda: existing_approach(segmenter, features, boxes), args.repeat)
+
+    # A warm refinement click: a second click on an encoded image, previous logits fed back.
+    click = np.array([[boxes[0, 0] + 20, boxes[0, 1] + 20], [boxes[0, 2] - 5, boxes[0, 3] - 5]], np.float32)
+    first = segmenter.segment_points(features, click[:1], np.array([1]), box=boxes[0])
+    refine = median_time(lambda: segmenter.segment_points(features, click, np.array([1, 0]), box=boxes[0],
+                                                          mask_input=first.low_res_logits), args.repeat * 3)
+    one_call = median_time(lambda: bare_decoder(segmenter, features, boxes[:1]), args.repeat * 3)
+
+    print(f"model: {args.model}, image 1920x1080, {len(boxes)} boxes, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads")
+    print(f"  image encoder (once per image, all approaches)  {encode_s * 1000:8.1f} ms")
+    print(f"  bare decoder, all boxes in one call (limit)      {limit * 1000:8.1f} ms")
+    print(f"  ours: Box to Polygon end to end                  {mine * 1000:8.1f} ms   {mine / limit:5.2f}x the limit")
+    print(f"  existing approach                                {theirs * 1000:8.1f} ms   {theirs / limit:5.2f}x the limit,"
+          f" {theirs / mine:5.2f}x ours")
+    print(f"  warm refinement click                            {refine * 1000:8.1f} ms   {refine / one_call:5.2f}x one "
+          f"bare decoder call ({one_call * 1000:.1f} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,498 @@
+"""Video frames decoded on demand: a video file, an HTTP(S) stream or a folder of images.
+
+Nothing here holds more than a few frames: `FrameSource.frames` decodes in a background thread into a bounded
+queue (`read_ahead` frames), seeks to the start frame, and runs forward or backward. A frame that cannot be
+decoded comes out as a `Frame` with `error` set (and no image) so the consumer can report it and carry on;
+a source that cannot be opened at all, has no frames, or is asked for a frame beyond its end raises `InputError`.
+
+    with open_video("clip.mp4") as video:               # or a folder of JPEG/PNG frames, or an https URL
+        for frame in video.frames(start=10, direction=-1, max_frames=5):
+            ...                                          # frame.index, frame.image (H, W, 3) uint8 RGB
+
+An HTTP(S) video is streamed to a temporary file (chunked, never held in memory) with the caller's headers, e.g.
+`{"Authorization": "Bearer ..."}`; header values and URL query strings (signed tokens) never reach logs or error
+messages. OpenCV then decodes from that file; the file is removed on `close()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+import cv2
+import numpy as np
+
+from sam2_adapter.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Frame",
+    "FrameSource",
+    "FrameReader",
+    "VideoFileSource",
+    "ImageFolderSource",
+    "HttpVideoSource",
+    "open_video",
+    "redact_url",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+# Consecutive undecodable frames after which a video file is taken to end there (its header over-counts).
+_MAX_CONSECUTIVE_FAILURES = 3
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One decoded frame.
+
+    index: position in the video, from 0.
+    image: (H, W, 3) uint8 RGB at the video's own resolution; None when the frame could not be decoded.
+    error: why the frame could not be decoded (None when it was).
+    prepared: what the reader's `prepare(image)` returned, computed in the read-ahead thread (None without one).
+    """
+
+    index: int
+    image: np.ndarray | None
+    error: str | None = None
+    prepared: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials, query string or fragment: safe for logs and error messages."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    query = "?<redacted>" if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", "")) + query
+
+
+class FrameReader:
+    """An iterator of `Frame`s decoded ahead in a background thread; `close()` (or leaving a `with`) stops it."""
+
+    def __init__(self, produce: Iterator[Frame], prepare: Callable[[np.ndarray], Any] | None, read_ahead: int,
+                 name: str):
+        self._produce = produce
+        self._prepare = prepare
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(read_ahead)))
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name=f"frames:{name}", daemon=True)
+        self._thread.start()
+
+    _END = object()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for frame in self._produce:
+                if self._stop.is_set():
+                    break
+                if frame.image is not None and self._prepare is not None:
+                    frame = Frame(frame.index, frame.image, frame.error, self._prepare(frame.image))
+                if not self._put(frame):
+                    break
+            self._put(self._END)
+        except BaseException as error:  # handed to the consumer, raised there
+            self._put(error)
+        finally:
+            close = getattr(self._produce, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> "FrameReader":
+        return self
+
+    def __next__(self) -> Frame:
+        if self._done:
+            raise StopIteration
+        item = self._queue.get()
+        if item is self._END:
+            self._done = True
+            self._thread.join()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            self._thread.join()
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stops the read-ahead thread and drops what it had decoded."""
+        self._done = True
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> "FrameReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._stop.set()
+
+
+class FrameSource:
+    """A video whose frames are decoded on demand.
+
+    name: a description safe for logs (file name, or URL without its query).
+    num_frames: the number of frames (a video file's header count, which a broken file may over-state: the
+        frames past its real end come out as errors, then the reader stops).
+    height, width: the frame size in pixels (any aspect ratio).
+    fps: frames per second when the container says, else None.
+    """
+
+    name: str
+    num_frames: int
+    height: int
+    width: int
+    fps: float | None = None
+
+    def frames(self, start: int = 0, direction: int = 1, max_frames: int | None = None, *,
+               prepare: Callable[[np.ndarray], Any] | None = None, read_ahead: int = 4) -> FrameReader:
+        """Frames `start`, `start + direction`, ... up to the end (or frame 0 backward), at most `max_frames`.
+
+        prepare: run on each decoded image in the read-ahead thread (e.g. resize and normalise for the model);
+            its result is `Frame.prepared`.
+        """
+        if direction not in (1, -1):
+            raise ValueError(f"direction must be 1 or -1, got {direction!r}")
+        self.check_index(start, "start frame")
+        count = self.num_frames - start if direction == 1 else start + 1
+        if max_frames is not None:
+            if max_frames < 1:
+                raise InputError(f"max_frames must be at least 1, got {max_frames}")
+            count = min(count, int(max_frames))
+        return FrameReader(self._generate(start, direction, count), prepare, read_ahead, self.name)
+
+    def read(self, index: int) -> Frame:
+        """One frame, decoded now (no thread)."""
+        self.check_index(index, "frame")
+        gen = self._generate(index, 1, 1)
+        try:
+            return next(gen)
+        finally:
+            gen.close()
+
+    def check_index(self, index: int, what: str = "frame") -> int:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise InputError(f"{what} {index!r} of {self.name} is not an integer frame number")
+        if index < 0 or index >= self.num_frames:
+            raise InputError(f"{what} {int(index)} is beyond the video {self.name}: it has frames 0..{self.num_frames - 1}")
+        return int(index)
+
+    def _generate(self, start: int, direction: int, count: int) -> Iterator[Frame]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.num_frames} frames, {self.width}x{self.height})"
+
+
+# --------------------------------------------------------------------------------------------- video files
+
+
+class VideoFileSource(FrameSource):
+    """A video file OpenCV can decode (mp4, mov, avi, mkv, webm, ...), read sequentially after one seek.
+
+    Each reader opens its own `cv2.VideoCapture` in its own thread. Backward reading decodes chunks of
+    `backward_chunk` frames forward from a seek point and hands them out in reverse, so memory stays bounded.
+    """
+
+    def __init__(self, path: str | os.PathLike, name: str | None = None, backward_chunk: int = 8):
+        self.path = os.fspath(path)
+        self.name = name or os.path.basename(self.path)
+        self.backward_chunk = max(1, int(backward_chunk))
+        if not os.path.isfile(self.path):
+            raise InputError(f"video file {self.name} not found")
+        cap = cv2.VideoCapture(self.path)
+        try:
+            if not cap.isOpened():
+                raise InputError(f"video file {self.name} cannot be opened: not a video, or a codec OpenCV lacks")
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            ok, bgr = cap.read()
+            if not ok or bgr is None:
+                raise InputError(f"video file {self.name} has no decodable frames")
+        finally:
+            cap.release()
+        self.height, self.width = int(bgr.shape[0]), int(bgr.shape[1])
+        self.fps = fps if fps > 0 else None
+        if count <= 0:  # some containers do not say: count by decoding (grab only, no colour conversion)
+            count = self._count_frames()
+        self.num_frames = count
+
+    def _count_frames(self) -> int:
+        cap = cv2.VideoCapture(self.path)
+        n = 0
+        try:
+            while cap.grab():
+                n += 1
+        finally:
+            cap.release()
+        return n
+
+    def _open_at(self, index: int) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(self.path)
+        if not cap.isOpened():
+            raise InputError(f"video file {self.name} cannot be opened")
+        if index > 0:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+            pos = int(cap.get(cv2.CAP_PROP_POS_FRAMES))
+            if pos != index:  # a container without a usable index: decode from the start
+                cap.release()
+                cap = cv2.VideoCapture(self.path)
+                for _ in range(index):
+                    if not cap.grab():
+                        break
+        return cap
+
+    def _read_run(self, first: int, count: int) -> Iterator[Frame]:
+        """Frames first .. first+count-1 in order, from one seek; undecodable ones as error frames."""
+        cap = self._open_at(first)
+        try:
+            index, failures = first, 0
+            while index < first + count:
+                ok, bgr = cap.read()
+                if ok and bgr is not None:
+                    failures = 0
+                    if bgr.shape[:2] != (self.height, self.width):
+                        yield Frame(index, None, f"frame {index} of {self.name} is {bgr.shape[1]}x{bgr.shape[0]}, "
+                                                 f"the video is {self.width}x{self.height}: skipped")
+                    else:
+                        yield Frame(index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                    index += 1
+                    continue
+                failures += 1
+                yield Frame(index, None, f"frame {index} of {self.name} could not be decoded: skipped")
+                index += 1
+                if failures >= _MAX_CONSECUTIVE_FAILURES:
+                    log.warning("%s: %d frames in a row could not be decoded after frame %d; taking it as the end "
+                                "of the video (its header says %d frames)", self.name, failures, index - failures,
+                                self.num_frames)
+                    return
+                cap.release()  # the decoder may be stuck on the broken frame: seek past it
+                cap = self._open_at(index)
+        finally:
+            cap.release()
+
+    def _generate(self, start: int, direction: int, count: int) -> Iterator[Frame]:
+        if direction == 1:
+            yield from self._read_run(start, count)
+            return
+        last = start - count + 1
+        hi = start
+        while hi >= last:
+            lo = max(last, hi - self.backward_chunk + 1)
+            chunk = list(self._read_run(lo, hi - lo + 1))
+            if len(chunk) < hi - lo + 1:  # the run stopped early: the frames it did not reach are missing
+                got = {f.index for f in chunk}
+                chunk += [Frame(i, None, f"frame {i} of {self.name} could not be decoded: skipped")
+                          for i in range(lo, hi + 1) if i not in got]
+                chunk.sort(key=lambda f: f.index)
+            for frame in reversed(chunk):
+                yield frame
+            del chunk
+            hi = lo - 1
+
+
+# --------------------------------------------------------------------------------------------- image folders
+
+
+def _natural_key(name: str):
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+class ImageFolderSource(FrameSource):
+    """A folder of frame images (JPEG, PNG, ...), in the order of the numbers in their names (`00000.jpg`, ...)."""
+
+    def __init__(self, folder: str | os.PathLike, name: str | None = None):
+        self.folder = os.fspath(folder)
+        self.name = name or os.path.basename(os.path.normpath(self.folder))
+        if not os.path.isdir(self.folder):
+            raise InputError(f"frame folder {self.name} not found")
+        files = [n for n in os.listdir(self.folder)
+                 if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(self.folder, n))]
+        if not files:
+            raise InputError(f"frame folder {self.name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self.files = sorted(files, key=_natural_key)
+        self.num_frames = len(self.files)
+        self.fps = None
+        for name_ in self.files:  # the first decodable image gives the size
+            image = self._decode(name_)
+            if image is not None:
+                self.height, self.width = image.shape[:2]
+                break
+        else:
+            raise InputError(f"frame folder {self.name}: none of its {len(self.files)} images can be decoded")
+
+    def _decode(self, file_name: str) -> np.ndarray | None:
+        path = os.path.join(self.folder, file_name)
+        data = np.fromfile(path, dtype=np.uint8)  # imread cannot read non-ASCII paths on some platforms
+        if data.size == 0:
+            return None
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if bgr is None:
+            return None
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def _generate(self, start: int, direction: int, count: int) -> Iterator[Frame]:
+        for index in range(start, start + direction * count, direction):
+            file_name = self.files[index]
+            image = self._decode(file_name)
+            if image is None:
+                yield Frame(index, None, f"frame {index} ({file_name} in {self.name}) could not be decoded: skipped")
+            elif image.shape[:2] != (self.height, self.width):
+                yield Frame(index, None, f"frame {index} ({file_name} in {self.name}) is {image.shape[1]}x"
+                                         f"{image.shape[0]}, the video is {self.width}x{self.height}: skipped")
+            else:
+                yield Frame(index, image)
+
+
+# --------------------------------------------------------------------------------------------- HTTP(S) streams
+
+
+class HttpVideoSource(VideoFileSource):
+    """A video behind an HTTP(S) URL, streamed with the caller's headers into a temporary file, then decoded there.
+
+    headers: sent with the request (e.g. an Authorization token); never logged. The URL's query string (where
+        signed URLs keep their token) is never logged either. Redirects keep the headers only on the same host.
+    """
+
+    def __init__(self, url: str, headers: Mapping[str, str] | None = None, timeout: float = 60.0,
+                 temp_dir: str | os.PathLike | None = None, max_bytes: int | None = None, backward_chunk: int = 8):
+        self.url = url
+        safe = redact_url(url)
+        suffix = os.path.splitext(urllib.parse.urlsplit(url).path)[1][:8] or ".mp4"
+        fd, tmp = tempfile.mkstemp(prefix="sam2-video-", suffix=suffix, dir=temp_dir)
+        self._tmp = tmp
+        self._finalizer = weakref.finalize(self, _remove_file, tmp)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                self._download(url, safe, headers or {}, timeout, out, max_bytes)
+            log.info("streamed %s (%d bytes) to a temporary file", safe, os.path.getsize(tmp))
+            super().__init__(tmp, name=safe, backward_chunk=backward_chunk)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _download(url: str, safe: str, headers: Mapping[str, str], timeout: float, out, max_bytes: int | None):
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise InputError(f"video URL {safe}: only http and https are supported")
+        request = urllib.request.Request(url, headers=dict(headers))
+        opener = urllib.request.build_opener(_SameHostRedirects(set(headers)))
+        try:
+            with opener.open(request, timeout=timeout) as response:
+                total = 0
+                while chunk := response.read(1 << 20):
+                    total += len(chunk)
+                    if max_bytes is not None and total > max_bytes:
+                        raise InputError(f"video URL {safe}: larger than the limit of {max_bytes} bytes")
+                    out.write(chunk)
+        except urllib.error.HTTPError as error:
+            raise InputError(f"video URL {safe}: HTTP {error.code} {error.reason}") from None
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            raise InputError(f"video URL {safe} could not be read: {type(error).__name__}: "
+                             f"{_scrub(str(reason), url, headers)}") from None
+        if total == 0:
+            raise InputError(f"video URL {safe} returned no data")
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, dropping the caller's headers (its token) when a redirect leaves the original host."""
+
+    def __init__(self, header_names):
+        super().__init__()
+        self.header_names = {name.lower() for name in header_names} | {"authorization", "cookie"}
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            for name in list(new.headers):
+                if name.lower() in self.header_names:
+                    del new.headers[name]
+        return new
+
+
+def _scrub(text: str, url: str, headers: Mapping[str, str]) -> str:
+    """Removes the URL (with its query) and header values from an error text."""
+    secrets = [url, urllib.parse.urlsplit(url).query] + [str(v) for v in headers.values()]
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------- entry point
+
+
+def open_video(source: str | os.PathLike | FrameSource, *, headers: Mapping[str, str] | None = None,
+               timeout: float = 60.0, temp_dir: str | os.PathLike | None = None) -> FrameSource:
+    """A `FrameSource` for a video file, a folder of frame images, or an http(s) URL (streamed with `headers`)."""
+    if isinstance(source, FrameSource):
+        return source
+    text = os.fspath(source)
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+        return HttpVideoSource(text, headers=headers, timeout=timeout, temp_dir=temp_dir)
+    if os.path.isdir(text):
+        return ImageFolderSource(text)
+    if os.path.isfile(text):
+        return VideoFileSource(text)
+    raise InputError(f"video {os.path.basename(text) or text} not found")
+

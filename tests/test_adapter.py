@@ -1,0 +1,305 @@
+"""The Dataloop face, with real dtlpy entities built offline. Only dtlpy's network calls are replaced: the item
+download (served from the test's own bytes) and the model entity update."""
+
+import io
+import logging
+
+import cv2
+import dtlpy as dl
+import numpy as np
+import pytest
+
+from model_adapter import ModelAdapter, _download_image
+from sam2_adapter.errors import InputError
+from sam2_adapter.geometry import (enclosing_box, mask_iou, png_data_url_to_mask, polygons_to_mask, rotated_box_mask,
+                                   validate_box)
+
+_BYTES: dict[str, bytes] = {}
+
+
+@pytest.fixture(autouse=True)
+def offline_dtlpy(monkeypatch):
+    monkeypatch.setattr(dl.Item, "download", lambda self, **kwargs: io.BytesIO(_BYTES[self.id]))
+    monkeypatch.setattr(dl.Model, "update", lambda self, **kwargs: self)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    dl.Model.update = lambda self, **kwargs: self  # the module fixture outlives monkeypatch
+    entity = dl.Model.from_json(
+        _json={"id": "model-1", "name": "sam2-micro", "configuration": {"model": "micro", "device": "cpu"}},
+        client_api=dl.client_api, project=None, package=None, is_fetched=False)
+    adapter = ModelAdapter()
+    adapter.model_entity = entity
+    adapter.load(local_path=None)
+    return adapter
+
+
+def make_item(item_id: str, image: np.ndarray | None = None, data: bytes | None = None, mimetype="image/png",
+              dataset=None):
+    if data is None:
+        ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        data = png.tobytes()
+    _BYTES[item_id] = data
+    return dl.Item.from_json(
+        _json={"id": item_id, "name": f"{item_id}.png", "filename": f"/{item_id}.png", "type": "file",
+               "metadata": {"system": {"mimetype": mimetype}}},
+        client_api=dl.client_api, dataset=dataset, is_fetched=False)
+
+
+def box_json(ann_id, box, label="thing", attributes=None, angle=None):
+    """A box annotation as the platform serialises it (dtlpy's own to_json), with the given id."""
+    definition = dl.Box(left=float(box[0]), top=float(box[1]), right=float(box[2]), bottom=float(box[3]),
+                        label=label, attributes=attributes or {"kind": ann_id}, angle=angle)
+    annotation = dl.Annotation.new(annotation_definition=definition, metadata={"user": {"note": "drawn"}})
+    return {**annotation.to_json(), "id": ann_id}
+
+
+def test_box_to_segmentation_replaces_each_box_in_place(adapter, scenes):
+    scene = scenes[0]
+    item = make_item("item-seg", scene.image)
+    boxes = [box_json(f"ann-{k}", b, label=f"label-{k}") for k, b in enumerate(scene.boxes)]
+    out = adapter.box_to_segmentation(item=item, annotations=boxes)
+    core = core_masks(adapter, scene)
+    assert [a["id"] for a in out] == [b["id"] for k, b in enumerate(boxes) if core[k].area]
+    for ann in out:
+        k = int(ann["id"].split("-")[1])
+        assert ann["type"] == "binary" and ann["label"] == f"label-{k}"
+        parsed = dl.Annotation.from_json(ann)  # the studio's own parser reads it back
+        assert parsed.label == f"label-{k}" and parsed.attributes == {"kind": f"ann-{k}"}
+        assert ann["metadata"]["user"]["model"]["confidence"] == pytest.approx(core[k].score, abs=1e-4)
+        assert ann["metadata"]["user"]["note"] == "drawn"
+        assert np.array_equal(png_data_url_to_mask(ann["coordinates"]), core[k].full())
+
+
+def without_specks(mask, min_area):
+    """The mask with parts smaller than min_area removed and holes smaller than min_area filled."""
+    out = mask.copy()
+    for value, target in ((True, False), (False, True)):
+        count, labels, stats, _ = cv2.connectedComponentsWithStats((out == value).astype(np.uint8), connectivity=8)
+        for c in range(1, count):
+            x, y, w, h, area = stats[c]
+            touches_edge = x == 0 or y == 0 or x + w == out.shape[1] or y + h == out.shape[0]
+            if area < min_area and (value or not touches_edge):
+                out[labels == c] = target
+    return out
+
+
+def core_masks(adapter, scene):
+    """What the core computes for the scene's boxes: the adapter must deliver exactly these."""
+    return adapter.segmenter.segment_boxes(adapter.segmenter.encode(scene.image), scene.boxes)
+
+
+def test_box_to_polygon_keeps_parts_and_holes(adapter, scenes):
+    scene = next(s for s in scenes if "ring" in s.kinds or "split" in s.kinds)
+    item = make_item("item-poly", scene.image)
+    boxes = [box_json(f"p-{k}", b) for k, b in enumerate(scene.boxes)]
+    out = adapter.box_to_polygon(item=item, annotations=boxes)
+    h, w = scene.image.shape[:2]
+    by_source: dict[str, list] = {}
+    assert all(r.area for r in core_masks(adapter, scene)), "every box of this scene gives a mask"
+    for ann in out:
+        assert ann["type"] == "segment"
+        parsed = dl.Annotation.from_json(ann)
+        by_source.setdefault(ann["metadata"]["user"]["sam2"]["source_annotation_id"], []).append(parsed)
+    assert set(by_source) == {b["id"] for b in boxes}
+    ids = [a["id"] for a in out]
+    assert all(b["id"] in ids for b in boxes), "the largest part keeps the box's id"
+    core = core_masks(adapter, scene)
+    for k, box in enumerate(boxes):
+        rings = [np.asarray(p.geo) for p in by_source[box["id"]]]
+        rasterised = polygons_to_mask(rings, h, w)
+        # specks and pin-holes under polygon_min_area are dropped by design; every other part and hole is kept
+        expected = without_specks(core[k].full(), adapter.settings.polygon_min_area)
+        assert mask_iou(rasterised, expected) >= 0.98, "the polygons follow the mask, parts and holes"
+
+
+def test_bad_boxes_are_reported_by_id_and_the_rest_come_back(adapter, scenes, caplog):
+    scene = scenes[1]
+    item = make_item("item-bad", scene.image)
+    h, w = scene.image.shape[:2]
+    annotations = [
+        box_json("good", scene.boxes[0]),
+        box_json("nan-box", [float("nan"), 0, 10, 10]),
+        box_json("zero-area", [5, 5, 5, 40]),
+        box_json("outside", [w + 5, 0, w + 40, 30]),
+        {"id": "a-point", "type": "point", "label": "x", "coordinates": [{"x": 1, "y": 1}], "metadata": {}},
+        {"id": "garbage"},
+        box_json("good-2", scene.boxes[1]),
+    ]
+    with caplog.at_level(logging.WARNING, logger="sam2-adapter"):
+        out = adapter.box_to_segmentation(item=item, annotations=annotations)
+    assert [a["id"] for a in out] == ["good", "good-2"]
+    logged = caplog.text
+    for bad in ("nan-box", "zero-area", "outside", "a-point", "garbage"):
+        assert bad in logged, f"{bad} is not reported"
+
+
+def test_rotated_box_mask_stays_inside(adapter, scenes):
+    scene = scenes[2]
+    item = make_item("item-rot", scene.image)
+    out = adapter.box_to_segmentation(item=item, annotations=[box_json("rot", scene.boxes[0], angle=20.0)])
+    h, w = scene.image.shape[:2]
+    inside = rotated_box_mask(scene.boxes[0], 20.0, h, w)
+    enclosing = validate_box(enclosing_box(scene.boxes[0], 20.0), w, h, "enclosing")
+    (direct,) = adapter.segmenter.segment_boxes(adapter.segmenter.encode(scene.image), enclosing[None])
+    expected = direct.full() & inside
+    assert [a["id"] for a in out] == (["rot"] if expected.any() else [])
+    if expected.any():
+        assert np.array_equal(png_data_url_to_mask(out[0]["coordinates"]), expected)
+
+
+def test_corrupt_image_is_a_clear_error(adapter):
+    item = make_item("item-corrupt", data=b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(InputError, match="item-corrupt"):
+        adapter.box_to_segmentation(item=item, annotations=[box_json("a", [0, 0, 10, 10])])
+
+
+def test_video_item_is_refused_by_image_functions(adapter):
+    item = make_item("item-video", data=b"", mimetype="video/mp4")
+    with pytest.raises(InputError, match="video/mp4"):
+        adapter.box_to_polygon(item=item, annotations=[box_json("a", [0, 0, 10, 10])])
+
+
+@pytest.mark.parametrize("convert", ["gray", "rgba", "uint16", "palette"])
+def test_image_kinds_are_converted(adapter, scenes, convert):
+    """Each kind reaches the model as the RGB image a viewer would see."""
+    from PIL import Image
+    rgb = scenes[3].image
+    if convert == "gray":
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        data, expected = cv2.imencode(".png", gray)[1], np.repeat(gray[:, :, None], 3, axis=2)
+    elif convert == "rgba":
+        data, expected = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA))[1], rgb
+    elif convert == "uint16":
+        data, expected = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)[1], rgb
+    else:
+        buffer = io.BytesIO()
+        paletted = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+        paletted.save(buffer, format="PNG")
+        data, expected = buffer.getvalue(), np.asarray(paletted.convert("RGB"))
+    item = make_item(f"item-{convert}", data=bytes(data))
+    assert np.array_equal(_download_image(item), expected)
+    out = adapter.box_to_segmentation(item=item, annotations=[box_json("a", scenes[3].boxes[0])])
+    (direct,) = adapter.segmenter.segment_boxes(adapter.segmenter.encode(expected), scenes[3].boxes[:1])
+    assert [a["id"] for a in out] == (["a"] if direct.area else [])
+
+
+def test_interactive_editing_returns_the_box_crop_and_refines(adapter, scenes):
+    scene = scenes[4]
+    item = make_item("item-click", scene.image)
+    x1, y1, x2, y2 = scene.boxes[0]
+    bb = [{"x": float(x1), "y": float(y1)}, {"x": float(x2), "y": float(y2)}]
+    ys, xs = np.nonzero(scene.masks[0])
+    click = {"x": float(xs.mean()), "y": float(ys.mean()), "in": True}
+    first = adapter.predict_interactive_editing(item=item, points=[click], bb=bb)
+    crop = png_data_url_to_mask(first)
+    assert crop.shape == (int(round(y2)) - int(round(y1)), int(round(x2)) - int(round(x1)))
+    box = np.array([x1, y1, x2, y2], np.float32)
+    (click_xy, click_label) = _points([click])
+    direct = adapter.segmenter.segment_points(adapter.segmenter.encode(scene.image), click_xy, click_label, box=box)
+    assert np.array_equal(crop, direct.full()[int(round(y1)):int(round(y2)), int(round(x1)):int(round(x2))])
+    # the second click continues the same object: SAM 2 gets the first call's logits as mask input
+    outside = {"x": float(x1) + 1, "y": float(y1) + 1, "in": False}
+    second = png_data_url_to_mask(adapter.predict_interactive_editing(item=item, points=[click, outside], bb=bb))
+    segmenter = adapter.segmenter
+    features = segmenter.encode(scene.image)
+    first_ref = segmenter.segment_points(features, *_points([click]), box=box)
+    expected = segmenter.segment_points(features, *_points([click, outside]), box=box,
+                                        mask_input=first_ref.low_res_logits)
+    expected_crop = expected.full()[int(round(y1)):int(round(y2)), int(round(x1)):int(round(x2))]
+    assert mask_iou(second, expected_crop) >= 0.99
+    polygons = adapter.predict_interactive_editing(item=item, points=[click], bb=bb, return_type="polygon")
+    assert polygons and all({"x", "y"} <= set(p[0]) for p in polygons)
+
+
+def _points(points):
+    return (np.array([[p["x"], p["y"]] for p in points], np.float32), np.array([int(p["in"]) for p in points]))
+
+
+def test_interactive_editing_rejects_clicks_outside_the_image(adapter, scenes):
+    item = make_item("item-click-bad", scenes[5].image)
+    with pytest.raises(InputError, match="outside"):
+        adapter.predict_interactive_editing(item=item, points=[{"x": 9999, "y": 3, "in": True}])
+
+
+class OfflinePlatform:
+    """Stands in for the platform's network calls that `predict_items` makes (annotation list / upload / delete,
+    the ontology's colours); the adapter and dtlpy's own logic run unchanged."""
+
+    def __init__(self, monkeypatch):
+        self.stored: dict[str, list[dict]] = {}
+        self.uploaded: dict[str, list] = {}
+        self.deleted: dict[str, list] = {}
+        platform = self
+
+        def list_annotations(repo, *args, **kwargs):
+            return dl.AnnotationCollection(item=repo.item, annotations=[
+                dl.Annotation.from_json(j, item=repo.item) for j in platform.stored.get(repo.item.id, [])])
+
+        def upload(repo, annotations, **kwargs):
+            platform.uploaded[repo.item.id] = list(annotations)
+            return annotations
+
+        def delete(repo, annotation=None, annotation_id=None, filters=None, **kwargs):
+            if annotation_id is not None:
+                platform.deleted.setdefault(repo.item.id, []).append(annotation_id)
+            return True
+
+        monkeypatch.setattr(dl.repositories.Annotations, "list", list_annotations)
+        monkeypatch.setattr(dl.repositories.Annotations, "upload", upload)
+        monkeypatch.setattr(dl.repositories.Annotations, "delete", delete)
+        monkeypatch.setattr(dl.Dataset, "_get_ontology", lambda self: type("Ontology", (), {"color_map": {}})())
+        self.dataset = dl.Dataset.from_json(_json={"id": "dataset-1", "name": "boxes"}, client_api=dl.client_api,
+                                            project=None, datasets=None, is_fetched=False)
+
+    def item(self, item_id, image=None, data=None, boxes=()):
+        item = make_item(item_id, image, data, dataset=self.dataset)
+        self.stored[item_id] = list(boxes)
+        return item
+
+
+@pytest.fixture
+def platform(monkeypatch):
+    return OfflinePlatform(monkeypatch)
+
+
+def test_predict_items_converts_every_box_and_keeps_items_apart(adapter, scenes, platform):
+    adapter.report.clear()
+    items, expected = [], {}
+    for n, scene in enumerate(scenes[:3]):
+        boxes = [box_json(f"i{n}-b{k}", b, label=f"label-{n}-{k}", attributes={"n": n, "k": k})
+                 for k, b in enumerate(scene.boxes)]
+        items.append(platform.item(f"batch-{n}", scene.image, boxes=boxes))
+        expected[f"batch-{n}"] = (scene, boxes)
+    items.insert(1, platform.item("batch-empty", scenes[3].image))
+    items.insert(2, platform.item("batch-corrupt", data=b"not an image", boxes=[box_json("c-0", [0, 0, 9, 9])]))
+    adapter.predict_items(items, batch_size=3)
+
+    for item_id, (scene, boxes) in expected.items():
+        got = platform.uploaded[item_id]
+        core = core_masks(adapter, scene)
+        assert len(got) == sum(1 for r in core if r.area)
+        for annotation in got:
+            source = annotation.metadata["user"]["sam2"]["source_annotation_id"]
+            k = int(source.split("-b")[1])
+            assert source.startswith(item_id.replace("batch-", "i")), "a result landed on the wrong item"
+            assert annotation.label == boxes[k]["label"] and annotation.attributes == {"n": int(item_id[-1]), "k": k}
+            assert annotation.type == "binary"
+            assert np.array_equal(annotation.annotation_definition.geo > 0, core[k].full())
+    reported = {line["item"]: line["message"] for line in adapter.report}
+    assert "no box annotations" in reported["batch-empty"]
+    assert "batch-corrupt" in reported["batch-corrupt"]
+    assert platform.uploaded.get("batch-empty", []) == [] and platform.uploaded.get("batch-corrupt", []) == []
+
+
+def test_predict_items_both_outputs_and_replacing_boxes(adapter, scenes, platform, monkeypatch):
+    scene = scenes[5]
+    boxes = [box_json(f"r-{k}", b) for k, b in enumerate(scene.boxes)]
+    item = platform.item("batch-replace", scene.image, boxes=boxes)
+    monkeypatch.setattr(adapter, "settings", adapter.settings.__class__.from_mapping(
+        {**adapter.settings.as_dict(), "output_type": "both", "replace_boxes": True}))
+    adapter.predict_items([item])
+    kinds = {a.type for a in platform.uploaded["batch-replace"]}
+    assert kinds == {"binary", "segment"}
+    assert sorted(platform.deleted["batch-replace"]) == sorted(b["id"] for b in boxes)

@@ -1,0 +1,164 @@
+"""Image prediction through the real SAM 2 path with the micro model: what an annotator would see."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+from sam2_adapter.embeddings import EmbeddingCache
+from sam2_adapter.errors import InputError
+from sam2_adapter.geometry import enclosing_box, mask_iou, rotated_box_mask, validate_box
+from sam2_adapter.segment import (BoxPrompt, MaskResult, RefinementMemory, _clip_to_rotated_box, _region,
+                                  segment_box_prompts)
+
+
+def reference_predictor(model, image):
+    """SAM 2's own predictor on the same model; its feature sizes assume 1024 px input, so they are set from the
+    model here (the fix our segmenter makes by reading them off the backbone)."""
+    predictor = SAM2ImagePredictor(model)
+    s = model.image_size
+    predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+    predictor.set_image(image)
+    return predictor
+
+
+def test_box_masks_equal_sam2_image_predictor(segmenter, scenes):
+    scene = scenes[0]
+    ours = segmenter.segment_boxes(segmenter.encode(scene.image), scene.boxes)
+    theirs, scores, _ = reference_predictor(segmenter.model, scene.image).predict(box=scene.boxes, multimask_output=False)
+    theirs = theirs.reshape(len(scene.boxes), *scene.image.shape[:2]) > 0
+    for result, mask, score in zip(ours, theirs, np.asarray(scores).reshape(-1)):
+        assert mask_iou(result.full(), mask) >= 0.99
+        assert result.score == pytest.approx(float(score), abs=1e-4)
+
+
+def test_clicks_with_previous_logits_equal_sam2_image_predictor(segmenter, scenes):
+    scene = scenes[1]
+    features = segmenter.encode(scene.image)
+    predictor = reference_predictor(segmenter.model, scene.image)
+    ys, xs = np.nonzero(scene.masks[0])
+    click = np.array([[xs[len(xs) // 2] + 0.5, ys[len(ys) // 2] + 0.5]], np.float32)
+
+    first = segmenter.segment_points(features, click, np.array([1]))
+    masks, scores, logits = predictor.predict(point_coords=click, point_labels=np.array([1]), multimask_output=True)
+    best = int(np.argmax(scores))
+    assert mask_iou(first.full(), masks[best] > 0) >= 0.99
+
+    second_click = np.concatenate([click, [[2.5, 2.5]]]).astype(np.float32)
+    second = segmenter.segment_points(features, second_click, np.array([1, 0]), mask_input=first.low_res_logits)
+    masks, _, _ = predictor.predict(point_coords=second_click, point_labels=np.array([1, 0]),
+                                    mask_input=logits[best:best + 1], multimask_output=False)
+    assert mask_iou(second.full(), masks[0] > 0) >= 0.99
+
+
+@pytest.mark.parametrize("hw", [(256, 256), (300, 451), (1080, 1920), (37, 1000)])
+def test_region_upsampling_equals_full_interpolation(segmenter, hw):
+    torch.manual_seed(hw[0])
+    logits = torch.randn(1, 64, 64) - 8  # one object, as real masks are
+    logits[0, 20:30, 5:12] += 12
+    result = segmenter._upsample(logits, 0.5, hw)
+    full = F.interpolate(logits[None], hw, mode="bilinear", align_corners=False)[0, 0]
+    differ = result.full() != (full > 0).numpy()
+    # the two compute the same sums in another order: only pixels within float rounding of the threshold differ
+    assert np.abs(full.numpy()[differ]).max(initial=0) < 1e-4
+    assert result.crop.size < 0.1 * full.numel()
+
+
+def test_region_of_empty_logits_is_none():
+    assert _region(torch.zeros(64, 64, dtype=torch.bool), (100, 100)) is None
+
+
+def test_bad_boxes_are_reported_and_the_others_still_segmented(segmenter, scenes):
+    scene = scenes[2]
+    h, w = scene.image.shape[:2]
+    prompts = [
+        BoxPrompt("annotation good-0", scene.boxes[0]),
+        BoxPrompt("annotation nan-box", [float("nan"), 3, 20, 20]),
+        BoxPrompt("annotation inf-box", [0, 0, float("inf"), 20]),
+        BoxPrompt("annotation flat-box", [10, 10, 10, 50]),
+        BoxPrompt("annotation outside-box", [w + 10, h + 10, w + 50, h + 60]),
+        BoxPrompt("annotation inverted", scene.boxes[1][[2, 3, 0, 1]]),
+        BoxPrompt("annotation bad-angle", scene.boxes[0], angle=float("nan")),
+    ]
+    outcomes = segment_box_prompts(segmenter, segmenter.encode(scene.image), prompts)
+    for prompt, outcome in zip(prompts, outcomes):
+        if prompt.name in ("annotation good-0", "annotation inverted"):
+            assert not isinstance(outcome, InputError), outcome
+        else:
+            assert isinstance(outcome, InputError) and prompt.name in str(outcome), (prompt.name, outcome)
+    direct = segmenter.segment_boxes(segmenter.encode(scene.image), scene.boxes[:2])
+    assert mask_iou(outcomes[0].full(), direct[0].full()) >= 0.99
+    assert mask_iou(outcomes[5].full(), direct[1].full()) >= 0.99, "inverted corners are put in order"
+
+
+def test_box_partly_outside_is_clamped(segmenter, scenes):
+    scene = scenes[3]
+    x1, y1, x2, y2 = scene.boxes[0]
+    grown = [x1 - 500, y1 - 500, x2, y2]
+    (outcome,) = segment_box_prompts(segmenter, segmenter.encode(scene.image), [BoxPrompt("annotation a", grown)])
+    assert not isinstance(outcome, InputError)
+
+
+def test_rotated_box_keeps_only_the_mask_inside_the_rotated_rectangle(segmenter, scenes):
+    scene = scenes[4]
+    x1, y1, x2, y2 = scene.boxes[0]
+    features = segmenter.encode(scene.image)
+    prompt = BoxPrompt("annotation rot", scene.boxes[0], angle=30.0)
+    h, w = scene.image.shape[:2]
+    enclosing = validate_box(enclosing_box(scene.boxes[0], 30.0), w, h, "enclosing box")
+    (direct,) = segmenter.segment_boxes(features, enclosing[None])
+    (outcome,) = segment_box_prompts(segmenter, features, [prompt])
+    inside = rotated_box_mask(scene.boxes[0], 30.0, h, w)
+    expected = direct.full() & inside
+    if not expected.any():
+        assert isinstance(outcome, InputError) and "annotation rot" in str(outcome)
+    else:
+        assert np.array_equal(outcome.full(), expected), "the enclosing box's mask, cut to the rotated rectangle"
+    # the same clipping on a mask that fills the whole crop: exactly the rotated rectangle remains
+    full = MaskResult(np.ones((80, 120), bool), (10, 20), (200, 300), 0.9, np.zeros((1, 64, 64), np.float32))
+    clipped = _clip_to_rotated_box(full, BoxPrompt("b", (30, 40, 110, 80), angle=-25.0))
+    assert np.array_equal(clipped.full(), rotated_box_mask((30, 40, 110, 80), -25.0, 200, 300) & full.full())
+
+
+def test_threads_each_get_their_own_images_masks(segmenter, scenes):
+    expected = [[r.full() for r in segmenter.segment_boxes(segmenter.encode(s.image), s.boxes)] for s in scenes]
+    got, errors = [None] * len(scenes), []
+    start = threading.Barrier(len(scenes))
+
+    def work(i):
+        try:
+            start.wait()
+            features = segmenter.features(("scene", i), lambda: scenes[i].image)
+            got[i] = [r.full() for r in segmenter.segment_boxes(features, scenes[i].boxes)]
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    segmenter.cache = EmbeddingCache(1 << 30)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(scenes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for mine, theirs in zip(got, expected):
+        assert len(mine) == len(theirs)
+        for a, b in zip(mine, theirs):
+            assert mask_iou(a, b) >= 0.99
+
+
+def test_refinement_memory_continues_only_the_same_object():
+    memory = RefinementMemory(max_objects=2)
+    logits = np.ones((1, 64, 64), np.float32)
+    pts, labels = np.array([[10.0, 10.0]]), np.array([1])
+    memory.remember("img", (0, 0, 50, 50), pts, labels, logits)
+    more = np.array([[10.0, 10.0], [20.0, 20.0]])
+    assert memory.previous("img", (0, 0, 50, 50), more, np.array([1, 0])) is logits
+    assert memory.previous("img", (0, 0, 60, 50), more, np.array([1, 0])) is None, "another box is another object"
+    assert memory.previous("img", (0, 0, 50, 50), np.array([[30.0, 30.0], [1.0, 1.0]]), np.array([1, 0])) is None
+    assert memory.previous("other", (0, 0, 50, 50), more, np.array([1, 0])) is None
+    memory.remember("a", None, pts, labels, logits)
+    memory.remember("b", None, pts, labels, logits)
+    assert memory.previous("img", (0, 0, 50, 50), more, np.array([1, 0])) is None, "oldest object forgotten"
