@@ -65,6 +65,23 @@ def test_mask_nms_drops_duplicates_and_keeps_distinct_objects_with_the_same_box(
     assert np.array_equal(kept[1].full(), square)
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "the issue's acceptance bar, not reached by the shipped micro checkpoint: its box masks reach a mean IoU of "
+    "about 0.35, its predicted IoU stays below about 0.35 (so SAM 2's default 0.8 keeps nothing), and on about "
+    "half the objects no grid click gives a mask at IoU 0.5; remove the mark when a better checkpoint ships"))
+def test_proposals_find_the_objects_of_generated_scenes(segmenter, scenes):
+    """Recall >= 0.8 at IoU 0.5 with the micro model and the default settings (the issue's acceptance bar)."""
+    found, total, counts = 0, 0, []
+    for scene in scenes[:4]:
+        proposals = propose_masks(segmenter, segmenter.encode(scene.image))
+        counts.append(len(proposals))
+        masks = [p.full() for p in proposals]
+        for target in scene.masks:
+            total += 1
+            found += max((mask_iou(m, target) for m in masks), default=0.0) >= 0.5
+    assert found / total >= 0.8, f"recall {found}/{total}, proposals per image {counts}"
+
+
 def test_proposals_pass_every_filter(segmenter, scenes):
     # thresholds the shipped (under-trained) micro model's masks can pass; the filters are what is checked here
     settings = ProposalSettings(points_per_side=12, pred_iou_thresh=0.0, stability_score_thresh=0.5,
