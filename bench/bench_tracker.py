@@ -202,10 +202,11 @@ def main(argv=None) -> int:
     tiny = args.model == "tiny"
     # hiera-tiny takes seconds per frame on a CPU: few frames with it. 8 frames fill its memory bank (num_maskmem
     # 7), after which nothing more is kept; the video-length comparison tracks 30 frames with the micro model.
-    time_frames = (3 if args.quick else 5) if tiny else (10 if args.quick else 30)
+    time_frames = (3 if args.quick else 4) if tiny else (10 if args.quick else 30)
     length_frames = 10 if args.quick else 30
     init_frames = (4 if args.quick else 8) if tiny else length_frames
     object_frames = (2 if args.quick else 3) if tiny else (10 if args.quick else 20)
+    rounds = 1 if args.quick else 2
 
     print(f"# bench_tracker: model {args.model} (random weights), {args.threads} threads, "
           f"{WIDTH}x{HEIGHT} generated videos in {workdir}")
@@ -231,12 +232,20 @@ def main(argv=None) -> int:
         # warm up both (allocator, kernels) on one frame
         run_ours(ours_model, jpegs, 2)
         run_sam2(predictor, extract_jpegs(v100, workdir / "jpeg-warm", 2), 2)
-        ours_s, ours_n = run_ours(ours_model, v100, time_frames)
-        init_s, sam2_s, sam2_n = run_sam2(predictor, jpegs, time_frames)
-        ours_pf, sam2_pf = ours_s / ours_n, sam2_s / sam2_n
-        print(f"\n[1] time per frame, 1 object, {time_frames} frames (frame 0 holds the box prompt)")
+        ours_pf, sam2_pf, init_s = [], [], []
+        for round_ in range(rounds):  # alternating order; the fastest round of each counts (others' jobs only slow)
+            for who in (("ours", "sam2") if round_ % 2 == 0 else ("sam2", "ours")):
+                if who == "ours":
+                    seconds, n = run_ours(ours_model, v100, time_frames)
+                    ours_pf.append(seconds / n)
+                else:
+                    init, seconds, n = run_sam2(predictor, jpegs, time_frames)
+                    sam2_pf.append(seconds / n)
+                    init_s.append(init)
+        ours_pf, sam2_pf = min(ours_pf), min(sam2_pf)
+        print(f"\n[1] time per frame, 1 object, {time_frames} frames (frame 0 holds the box prompt), best of {rounds}")
         print(f"  SAM2VideoPredictor.propagate_in_video, pre-extracted JPEGs : {1000 * sam2_pf:9.1f} ms/frame "
-              f"(+ init_state {init_s:.2f} s loading {time_frames} frames)")
+              f"(+ init_state {min(init_s):.2f} s loading {time_frames} frames)")
         print(f"  ours, decoding the mp4 on demand                          : {1000 * ours_pf:9.1f} ms/frame")
         print(f"  ratio ours / SAM 2: {ours_pf / sam2_pf:.3f}x  (target <= 1.05x: {verdict(ours_pf / sam2_pf, 1.05)})")
         del predictor
@@ -266,11 +275,16 @@ def main(argv=None) -> int:
               f"above the loaded-model base: {growth:.3f}x")
 
     if "objects" not in skip:
-        together, n = run_ours(ours_model, v100, object_frames, n_objects=N_OBJECTS)
-        apart = 0.0
-        for k in range(N_OBJECTS):
-            seconds, _ = run_ours(ours_model, v100, object_frames, n_objects=N_OBJECTS, only=k)
-            apart += seconds
+        def together_and_apart(model, frames: int, repeats: int) -> tuple[float, float, int]:
+            """Best of `repeats` rounds: 4 objects in one tracker, and the same 4 in 4 trackers one after another."""
+            best_together = best_apart = math.inf
+            for _ in range(repeats):
+                together, n = run_ours(model, v100, frames, n_objects=N_OBJECTS)
+                apart = sum(run_ours(model, v100, frames, n_objects=N_OBJECTS, only=k)[0] for k in range(N_OBJECTS))
+                best_together, best_apart = min(best_together, together), min(best_apart, apart)
+            return best_together, best_apart, n
+
+        together, apart, n = together_and_apart(ours_model, object_frames, 1 if tiny else 3)
         ratio = together / apart
         print(f"\n[3] {N_OBJECTS} objects over {n} frames of the 1280x720 mp4 ({args.model})")
         print(f"  together (one tracker)     : {together:7.2f} s")
@@ -278,10 +292,8 @@ def main(argv=None) -> int:
         print(f"  ratio: {ratio:.3f}x  (target <= 0.4x: {verdict(ratio, 0.4)})")
         if tiny:  # the same with the micro model, where per-object work weighs less against decoding + encoding
             micro = load_model(MODELS["micro"], weights("micro", workdir), "cpu")
-            frames = 10 if args.quick else 20
-            together, n = run_ours(micro, v100, frames, n_objects=N_OBJECTS)
-            apart = sum(run_ours(micro, v100, frames, n_objects=N_OBJECTS, only=k)[0] for k in range(N_OBJECTS))
-            print(f"  micro, {n} frames: together {together:.2f} s, one at a time {apart:.2f} s: "
+            together, apart, n = together_and_apart(micro, 10 if args.quick else 20, 3)
+            print(f"  micro, {n} frames, best of 3: together {together:.2f} s, one at a time {apart:.2f} s: "
                   f"{together / apart:.3f}x")
 
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; " + ("all targets met" if not failed else
