@@ -45,20 +45,8 @@ from sam2_adapter.models import SAM2_PACKAGE_DIR, load_model, load_named_model  
 from sam2_adapter.scenes import make_scene  # noqa: E402
 from sam2_adapter.segment import ImageSegmenter  # noqa: E402
 
-
-def bare_decoder(segmenter: ImageSegmenter, features, boxes: np.ndarray):
-    """Prompt encoder + mask decoder on every box of an image in one call."""
-    model = segmenter.model
-    h, w = features.orig_hw
-    scale = torch.tensor([model.image_size / w, model.image_size / h])
-    coords = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 2, 2) * scale
-    labels = torch.tensor([[2, 3]]).repeat(len(boxes), 1)
-    with torch.inference_mode():
-        sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        return model.sam_mask_decoder(
-            image_embeddings=features.image_embed, image_pe=model.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
-            repeat_image=len(boxes) > 1, high_res_features=list(features.high_res))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_image import bare_decoder  # noqa: E402  (the same limit as the image bench)
 
 
 def write_dataset(folder: Path, n_images: int, n_boxes: int, height: int, width: int, seed: int = 0):
