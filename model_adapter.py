@@ -6,10 +6,14 @@ Every function here turns dtlpy items and annotation JSON into arrays and prompt
 
 from __future__ import annotations
 
+import bisect
+import copy
 import logging
-from dataclasses import dataclass
+import os
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import dtlpy as dl
 import numpy as np
@@ -17,16 +21,18 @@ import numpy as np
 from sam2_adapter.config import Settings
 from sam2_adapter.embeddings import EmbeddingCache
 from sam2_adapter.errors import InputError
-from sam2_adapter.geometry import mask_to_png_data_url, mask_to_polygons, validate_box
+from sam2_adapter.geometry import enclosing_box, mask_to_png_data_url, mask_to_polygons, validate_box
 from sam2_adapter.images import decode_image
 from sam2_adapter.models import load_model, load_named_model
 from sam2_adapter.proposals import propose_masks
 from sam2_adapter.segment import BoxPrompt, ImageSegmenter, MaskResult, RefinementMemory, segment_box_prompts
-from sam2_adapter.tracker import VideoTracker
+from sam2_adapter.tracker import DIRECTIONS, FrameResult, ObjectMask, VideoTracker
 
 log = logging.getLogger("sam2-adapter")
 
 BOX_TYPES = (dl.AnnotationType.BOX,)
+# What the video tracker follows; each comes back in its own type (a box stays a box, a polygon a polygon).
+TRACKED_TYPES = (dl.AnnotationType.BOX, dl.AnnotationType.POLYGON, dl.AnnotationType.SEGMENTATION)
 
 
 class FastSegmentation(dl.Segmentation):
@@ -36,8 +42,38 @@ class FastSegmentation(dl.Segmentation):
         return mask_to_png_data_url(self.geo, color if color is not None else (255, 255, 255))
 
 
+class CroppedSegmentation(FastSegmentation):
+    """A tracked mask kept as its crop and expanded to the whole frame only when dtlpy asks for it.
+
+    A video annotation holds a mask on every frame; full-frame copies would cost H x W bytes a frame (2 MB at
+    1080p) until the annotation is serialised. dtlpy serialises each frame two or three times (its frame
+    comparison, then `to_json`), so the PNG is encoded once per colour. `crop=None` is the empty mask of a
+    frame where the object is absent.
+    """
+
+    def __init__(self, crop: np.ndarray | None, origin: tuple[int, int] | None, image_hw: tuple[int, int],
+                 label: str, attributes=None):
+        super().__init__(geo=None, label=label, attributes=attributes)
+        self._crop, self._origin, self._image_hw = crop, origin, tuple(image_hw)
+        self._encoded: tuple[tuple, str] | None = None
+
+    @property
+    def geo(self) -> np.ndarray:
+        mask = np.zeros(self._image_hw, dtype=bool)
+        if self._crop is not None:
+            x0, y0 = self._origin
+            mask[y0:y0 + self._crop.shape[0], x0:x0 + self._crop.shape[1]] = self._crop
+        return mask
+
+    def to_coordinates(self, color=None):
+        color = tuple(color) if color is not None else (255, 255, 255)
+        if self._encoded is None or self._encoded[0] != color:
+            self._encoded = (color, mask_to_png_data_url(self.geo, color))
+        return self._encoded[1]
+
+
 class ModelAdapter(dl.BaseModelAdapter):
-    """SAM 2 for the annotation studio: Box to Segmentation, Box to Polygon and click refinement."""
+    """SAM 2 for the annotation studio: Box to Segmentation, Box to Polygon, click refinement, video tracking."""
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def __init__(self, model_entity: dl.Model = None):
@@ -118,6 +154,7 @@ class ModelAdapter(dl.BaseModelAdapter):
             mask = mask[y1:y2, x1:x2]
         return mask_to_png_data_url(mask, _rgb(color))
 
+    # -- video tracking ----------------------------------------------------------------------------------------
     def track(self, dl=None, item_stream_url: str = None, bbs: dict = None, start_frame: int = 0,
               frame_duration: int = 60, progress=None) -> dict:
         """The studio's AI Tracker: `bbs` {annotation_id: [{x, y}, {x, y}] (a box) or [{x, y}, ...] (a polygon,
@@ -129,41 +166,145 @@ class ModelAdapter(dl.BaseModelAdapter):
         self._ready()
         headers = _auth_headers(dl) if str(item_stream_url or "").startswith(("http://", "https://")) else None
         results: dict = {}
-        kinds: dict = {}
+        types: dict = {}
         with VideoTracker(self.model, item_stream_url, headers=headers,
                           mask_threshold=self.settings.mask_threshold) as tracker:
             for annotation_id, coordinates in (bbs or {}).items():
                 try:
-                    kind, prompt = _tracker_prompt(annotation_id, coordinates, start_frame)
-                    tracker.add_prompt(annotation_id, int(start_frame), prompt)
+                    drawn = _studio_definition(annotation_id, coordinates, start_frame)
+                    tracker.add_prompt(annotation_id, int(start_frame),
+                                       _tracker_prompt(drawn, f"annotation {annotation_id}, frame {start_frame}"))
                 except InputError as error:
                     log.warning("track: %s", error)
                     continue
-                kinds[annotation_id] = kind
+                types[annotation_id] = drawn.type
                 results[annotation_id] = {}
-            if not kinds:
+            if not types:
                 return results
-            for frame in tracker.propagate(start_frame=int(start_frame), direction="forward",
-                                           max_frames=int(frame_duration)):
-                if frame.skipped:
-                    log.warning("track: frame %d skipped: %s", frame.frame_idx, frame.error)
-                    continue
+            for _, frame in self._propagate(tracker, [(int(start_frame), "forward", int(frame_duration))], progress):
                 for annotation_id, obj in frame.objects.items():
-                    results[annotation_id][frame.frame_idx] = self._frame_coordinates(obj, kinds[annotation_id])
-                if progress is not None:
-                    progress.update(progress=int(100 * (frame.frame_idx - start_frame + 1) / max(frame_duration, 1)))
+                    tracked = self._tracked_definition(obj, types[annotation_id])
+                    results[annotation_id][frame.frame_idx] = None if tracked is None else _studio_coordinates(tracked)
         return results
 
-    def _frame_coordinates(self, obj, kind: str):
+    def track_video(self, dl=None, item: dl.Item = None, annotations: list = None, direction: str = "forward",
+                    max_frames: int = None, progress=None) -> list:
+        """SAM 2 tracking of a video item's box, polygon and mask annotations, returned as video annotations.
+
+        annotations: annotation JSON (or entities) of `item`; None reads every box, polygon and mask annotation
+            of the item. Each is one object. Every frame where it is drawn (a fixed, visible frame) is a prompt:
+            a first frame and corrections on later frames, SAM 2's data-engine use.
+        direction: "forward" (from each annotation's first drawn frame), "backward" (up to its last) or "both".
+        max_frames: at most this many frames per direction, counted from the outermost drawn frame (the last one
+            forward, the first one backward), that frame included, as `track` counts `frame_duration`; frames
+            between drawn frames are always tracked. None: to the end (start) of the video.
+
+        Returns one annotation JSON per tracked annotation, with its id (the studio applies it in place, as with
+        Box to Segmentation), object id, label, attributes and metadata: drawn frames keep their geometry and
+        are `fixed`; every other frame holds SAM 2's result in the annotation's own type (box, polygon with
+        holes as keyhole cuts, mask with its holes) and is not fixed; a frame where SAM 2 says the object is
+        absent is marked not visible and holds no geometry. Frames before the object is first seen are left
+        out. An annotation that cannot be tracked (type, frame beyond the video, box outside the frame) is
+        reported with its id and frame (`self.report`, the log, the progress message); the others come back.
+        Nothing is uploaded.
+        """
+        self._ready()
+        _check_video_item(item)
+        if direction not in DIRECTIONS:
+            raise InputError(f"item {item.id}: direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
+        if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
+                                       or max_frames < 1):
+            raise InputError(f"item {item.id}: max_frames must be a positive integer or None, got {max_frames!r}")
+        tracks, failures = _video_tracks(item, annotations)
+        results = []
+        if tracks:
+            with tempfile.TemporaryDirectory(prefix="sam2-track-") as folder, \
+                    VideoTracker(self.model, _download_video(item, folder),
+                                 mask_threshold=self.settings.mask_threshold) as tracker:
+                failures += _add_video_prompts(tracker, tracks)
+                tracks = [t for t in tracks if t.key in tracker.object_ids]
+                if tracks:
+                    failures += self._follow(tracker, tracks, direction, max_frames, progress)
+                builder = item.annotations.builder()
+                for track, object_id in zip(tracks, _object_ids(tracks)):
+                    results.append(self._video_annotation(builder, track, object_id, (tracker.height, tracker.width)))
+        for failure in failures:
+            self._report(item, f"item {item.id}: {failure}")
+        if progress is not None and failures:
+            progress.update(message=f"{len(failures)} problems while tracking: " + "; ".join(failures))
+        return results
+
+    def _follow(self, tracker: VideoTracker, tracks: list["VideoTrack"], direction: str, max_frames: int | None,
+                progress) -> list[str]:
+        """Tracks every annotation through the frames it asked for, one pass per stretch of frames and direction
+        (annotations far apart do not make the frames between them tracked); each keeps only the frames of its
+        own span in each direction. Returns the frames that could not be decoded."""
+        for track in tracks:
+            track.spans = _tracking_spans(sorted(track.drawn), direction, max_frames, tracker.num_frames)
+        skipped = []
+        for going, frame in self._propagate(tracker, _tracking_passes(tracks), progress):
+            if frame.skipped:
+                skipped.append(f"frame {frame.frame_idx} skipped: {frame.error}")
+                continue
+            for track in tracks:
+                first, last = track.spans.get(going, (1, 0))
+                if first <= frame.frame_idx <= last and frame.frame_idx not in track.drawn:
+                    drawn = track.drawn_before(frame.frame_idx)
+                    track.tracked[frame.frame_idx] = self._tracked_definition(
+                        frame.objects[track.key], track.type, drawn.label, drawn.attributes)
+        return skipped
+
+    def _propagate(self, tracker: VideoTracker, passes: list[tuple[int, str, int]],
+                   progress) -> Iterator[tuple[str, FrameResult]]:
+        """Runs tracking passes (start frame, direction, frames), yielding (direction, frame result) frame by
+        frame, undecodable frames included (the tracker logs them), with the progress over all passes."""
+        total = max(sum(count for _, _, count in passes), 1)
+        done = 0
+        for start, direction, count in passes:
+            for frame in tracker.propagate(start_frame=start, direction=direction, max_frames=count):
+                done += 1
+                yield direction, frame
+                if progress is not None:
+                    progress.update(progress=min(int(100 * done / total), 100))
+
+    def _tracked_definition(self, obj: ObjectMask, kind: str, label: str = "tracked", attributes=None):
+        """The object on one frame as a definition of the prompt's type (a box, the polygon of its largest part
+        with holes kept as keyhole cuts, or the mask); None where SAM 2 says it is absent or nothing of it is
+        left above `polygon_min_area`. One shape a frame: a video annotation holds one per frame."""
         if not obj.visible:
             return None
-        if kind == "box":
+        if kind == dl.AnnotationType.BOX:
             x1, y1, x2, y2 = obj.box
-            return dl.Box(left=x1, top=y1, right=x2, bottom=y2, label="tracked").to_coordinates(color=None)
-        rings = mask_to_polygons(obj.crop, self.settings.polygon_tolerance, self.settings.polygon_min_area)
-        if not rings:
-            return None
-        return _polygon_coordinates(rings[0] + np.asarray(obj.origin, dtype=rings[0].dtype))
+            return dl.Box(left=x1, top=y1, right=x2, bottom=y2, label=label, attributes=attributes)
+        if kind == dl.AnnotationType.POLYGON:
+            rings = mask_to_polygons(obj.crop, self.settings.polygon_tolerance, self.settings.polygon_min_area)
+            if not rings:
+                return None
+            return dl.Polygon(geo=rings[0] + np.asarray(obj.origin, dtype=rings[0].dtype), label=label,
+                              attributes=attributes)
+        return CroppedSegmentation(obj.crop, obj.origin, obj.image_hw, label, attributes)
+
+    def _video_annotation(self, builder: dl.AnnotationCollection, track: "VideoTrack", object_id: str,
+                          image_hw: tuple[int, int]) -> dict:
+        """The track as one video annotation JSON with the source's id: its drawn frames (fixed) and the tracked
+        ones, from the first frame where the object is seen.
+
+        The drawn frames go in first: dtlpy wants every frame's definition to be an instance of the first one's
+        class, and a tracked mask (`CroppedSegmentation`) is a `dl.Segmentation`, not the other way round."""
+        seen = min([*track.drawn, *(t for t, definition in track.tracked.items() if definition is not None)])
+        metadata = _metadata(track.source)
+        for t in sorted(track.drawn):
+            builder.add(annotation_definition=track.drawn[t], object_id=object_id, frame_num=t, fixed=True,
+                        automated=True, metadata=metadata)
+        for t in sorted(f for f in track.tracked if f >= seen):
+            definition = track.tracked[t]
+            if definition is None:
+                drawn = track.drawn_before(t)
+                definition = _absent_definition(track.type, drawn.label, drawn.attributes, image_hw)
+            builder.add(annotation_definition=definition, object_id=object_id, frame_num=t, fixed=False,
+                        object_visible=track.tracked[t] is not None, automated=True, metadata=metadata)
+        annotation = next(a for a in builder.annotations if a.object_id == object_id)
+        return {**annotation.to_json(), "id": track.source.id}
 
     # -- batch jobs (predict_items / predict_dataset) ------------------------------------------------------------
     def prepare_item_func(self, item: dl.Item) -> "PreparedItem":
@@ -321,40 +462,234 @@ def _in_artifacts(path: Path, artifacts: Path | None) -> Path:
 _UNSAVED_DEFAULTS = {"creator": None, "createdAt": None, "updatedBy": None, "updatedAt": None}
 
 
-def _parse_box_annotation(source: dict | dl.Annotation) -> dl.Annotation:
+def _parse_annotation(source: dict | dl.Annotation, item: dl.Item | None = None) -> dl.Annotation:
+    """Annotation JSON (or an entity) as a `dl.Annotation`; with a video `item`, its frames are read too."""
+    if isinstance(source, dl.Annotation):
+        return source
+    ident = source.get("id") if isinstance(source, dict) else None
     try:
-        if isinstance(source, dl.Annotation):
-            annotation = source
-        else:
-            metadata = dict(source.get("metadata") or {})
-            metadata["system"] = dict(metadata.get("system") or {})
-            annotation = dl.Annotation.from_json({**_UNSAVED_DEFAULTS, **source, "metadata": metadata})
+        metadata = dict(source.get("metadata") or {})
+        metadata["system"] = dict(metadata.get("system") or {})
+        return dl.Annotation.from_json({**_UNSAVED_DEFAULTS, **source, "metadata": metadata}, item=item)
     except KeyError as error:
-        ident = source.get("id") if isinstance(source, dict) else None
         raise InputError(f"annotation {ident}: not a readable annotation (missing field {error})") from None
     except Exception as error:
-        ident = source.get("id") if isinstance(source, dict) else None
         raise InputError(f"annotation {ident}: not a readable annotation ({error})") from None
+
+
+def _parse_box_annotation(source: dict | dl.Annotation) -> dl.Annotation:
+    annotation = _parse_annotation(source)
     if annotation.type not in BOX_TYPES:
         raise InputError(f"annotation {annotation.id}: is a {annotation.type}, not a box")
     return annotation
 
 
-def _tracker_prompt(annotation_id, coordinates, frame: int) -> tuple[str, dict]:
-    """The studio's box ([{x, y}, {x, y}]) or polygon ([{x, y}, ...] with 3+ points, possibly nested once)."""
+# -- video tracking helpers ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoTrack:
+    """One annotation followed through a video.
+
+    key: the tracker's object id (the annotation's id).
+    drawn: {frame: definition} where the annotation is drawn: the prompts, kept as they are in the result.
+    spans: {direction: (first, last)} frames this annotation takes from the passes in that direction.
+    tracked: {frame: definition, or None where SAM 2 says the object is absent}.
+    """
+
+    key: str
+    source: dl.Annotation
+    drawn: dict[int, Any]
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tracked: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def type(self) -> str:
+        return self.source.type
+
+    def drawn_before(self, frame: int):
+        """The drawn definition that a tracked frame takes its label and attributes from: the latest drawn frame
+        before it (the first one for frames before every drawn frame), as dtlpy carries a frame's values on."""
+        frames = sorted(self.drawn)
+        return self.drawn[frames[max(bisect.bisect_right(frames, frame) - 1, 0)]]
+
+
+def _check_video_item(item: dl.Item) -> None:
+    if item is None:
+        raise InputError("no item given")
+    if not (item.mimetype or "").startswith("video/"):
+        raise InputError(f"item {item.id} is {item.mimetype}, not a video")
+
+
+def _video_tracks(item: dl.Item, annotations: Iterable | None) -> tuple[list[VideoTrack], list[str]]:
+    """The annotations to track and, for the others, why not. `annotations=None` takes the item's own boxes,
+    polygons and masks; other types are passed over silently there, but reported when asked for by name."""
+    own = annotations is None
+    sources = item.annotations.list() if own else annotations
+    tracks, failures, seen = [], [], set()
+    for n, source in enumerate(sources or []):
+        try:
+            annotation = _parse_annotation(source, item)
+            if own and annotation.type not in TRACKED_TYPES:
+                continue
+            key = annotation.id or f"#{n}"
+            if key in seen:
+                raise InputError(f"annotation {key}: given twice")
+            tracks.append(VideoTrack(key, annotation, _drawn_frames(annotation)))
+            seen.add(key)
+        except InputError as error:
+            failures.append(str(error))
+    return tracks, failures
+
+
+def _drawn_frames(annotation: dl.Annotation) -> dict[int, Any]:
+    """{frame: definition} of the frames where a video annotation is drawn: fixed and visible. Frames that
+    dtlpy carries on (not fixed) are not the user's drawing and do not prompt. An annotation read without
+    its frames (no video item) is drawn on its one frame."""
+    first = int(annotation.start_frame or 0)
+    if annotation.type not in TRACKED_TYPES:
+        raise InputError(f"annotation {annotation.id}, frame {first}: a {annotation.type} annotation cannot be "
+                         f"tracked (boxes, polygons and masks can)")
+    frames = annotation.frames
+    if not frames.actual_keys():
+        return {first: annotation.annotation_definition}
+    drawn = {int(t): frames[t].annotation_definition for t in sorted(frames.actual_keys())
+             if frames[t].fixed and frames[t].object_visible}
+    if not drawn:
+        raise InputError(f"annotation {annotation.id}: no frame where it is drawn (fixed and visible)")
+    return drawn
+
+
+def _add_video_prompts(tracker: VideoTracker, tracks: list[VideoTrack]) -> list[str]:
+    """Every drawn frame as a prompt, in frame order (a frame is encoded once for all the annotations drawn on
+    it). An annotation with a bad prompt is taken out of the tracker whole; returns why, per annotation."""
+    failures: dict[str, str] = {}
+    prompts = sorted(((frame, track) for track in tracks for frame in track.drawn), key=lambda p: p[0])
+    for frame, track in prompts:
+        if track.key in failures:
+            continue
+        try:
+            tracker.add_prompt(track.key, frame,
+                               _tracker_prompt(track.drawn[frame], f"annotation {track.source.id}, frame {frame}"))
+        except InputError as error:
+            failures[track.key] = str(error)
+            if track.key in tracker.object_ids:
+                tracker.remove_object(track.key)
+    return list(failures.values())
+
+
+def _tracking_spans(drawn: Sequence[int], direction: str, max_frames: int | None,
+                    num_frames: int) -> dict[str, tuple[int, int]]:
+    """The frames an annotation drawn on the sorted frames `drawn` takes from each direction's passes.
+
+    Forward: from its first drawn frame to `max_frames - 1` frames past its last one; backward: the mirror
+    image. With "both", the backward passes start on the frame before the first drawn one (the forward passes
+    cover the rest), as SAM 2's video predictor does."""
+    first, last = drawn[0], drawn[-1]
+    reach = num_frames if max_frames is None else max_frames - 1
+    spans = {}
+    if direction in ("forward", "both"):
+        spans["forward"] = (first, min(last + reach, num_frames - 1))
+    if direction == "backward":
+        spans["backward"] = (max(first - reach, 0), last)
+    elif direction == "both" and reach > 0 and first > 0:
+        spans["backward"] = (max(first - reach, 0), first - 1)
+    return spans
+
+
+def _tracking_passes(tracks: list[VideoTrack]) -> list[tuple[int, str, int]]:
+    """(start frame, direction, frames) passes covering every span: overlapping spans share one pass, spans apart
+    get their own, so the frames between annotations far apart are not tracked. Forward passes first: a
+    backward pass of "both" reads the memory that the forward pass left at its start."""
+    passes = []
+    for direction in ("forward", "backward"):
+        merged: list[list[int]] = []
+        for first, last in sorted(t.spans[direction] for t in tracks if direction in t.spans):
+            if merged and first <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], last)
+            else:
+                merged.append([first, last])
+        for first, last in merged:
+            passes.append((first if direction == "forward" else last, direction, last - first + 1))
+    return passes
+
+
+def _object_ids(tracks: list[VideoTrack]) -> list[str]:
+    """One numeric object id per track (dtlpy matches a video annotation's frames by it): the annotation's own
+    when it has a unique one, else the next free number above those of this request."""
+    own = [str(t.source.object_id) if t.source.object_id is not None else "" for t in tracks]
+    free = max((int(o) for o in own if o.isdecimal()), default=0) + 1
+    ids: list[str] = []
+    for candidate in own:
+        if not candidate.isdecimal() or candidate in ids:
+            candidate, free = str(free), free + 1
+        ids.append(candidate)
+    return ids
+
+
+def _absent_definition(kind: str, label: str, attributes, image_hw: tuple[int, int]):
+    """A frame where the object is absent holds no geometry, never the previous frame's. dtlpy needs a definition
+    on every frame it lists, so this is an empty one of the annotation's type: an empty mask, a polygon without
+    vertices, a zero-area box at the origin (a dtlpy box has two corners)."""
+    if kind == dl.AnnotationType.BOX:
+        return dl.Box(left=0, top=0, right=0, bottom=0, label=label, attributes=attributes)
+    if kind == dl.AnnotationType.POLYGON:
+        return dl.Polygon(geo=np.zeros((0, 2)), label=label, attributes=attributes)
+    return CroppedSegmentation(None, None, image_hw, label, attributes)
+
+
+def _download_video(item: dl.Item, folder: str) -> str:
+    """The item's video as a local file: the tracker decodes it frame by frame, seeking for backward passes."""
+    path = item.download(local_path=folder, overwrite=True, to_items_folder=False)
+    if isinstance(path, (list, tuple)):
+        path = path[0] if path else None
+    if not path or not os.path.isfile(path):
+        raise InputError(f"item {item.id}: the video could not be downloaded")
+    return str(path)
+
+
+def _studio_definition(annotation_id, coordinates, frame: int):
+    """The AI Tracker's box ([{x, y}, {x, y}]) or polygon ([{x, y}, ...] with 3+ points, possibly nested once) as
+    a dtlpy definition, so that it becomes a prompt the way a drawn annotation does."""
     points = coordinates
     if isinstance(points, list) and points and isinstance(points[0], list):
         points = points[0]
     try:
-        xy = [[float(p["x"]), float(p["y"])] for p in points]
+        xy = np.array([[float(p["x"]), float(p["y"])] for p in points], dtype=np.float64).reshape(-1, 2)
     except (KeyError, TypeError, ValueError):
         raise InputError(f"annotation {annotation_id}, frame {frame}: not a box or polygon: {coordinates!r}") from None
     if len(xy) == 2:
-        (x1, y1), (x2, y2) = xy
-        return "box", {"type": "box", "box": [x1, y1, x2, y2]}
+        (x1, y1), (x2, y2) = xy.min(axis=0), xy.max(axis=0)
+        return dl.Box(left=x1, top=y1, right=x2, bottom=y2, label="tracked")
     if len(xy) >= 3:
-        return "polygon", {"type": "polygon", "polygon": xy}
+        return dl.Polygon(geo=xy, label="tracked")
     raise InputError(f"annotation {annotation_id}, frame {frame}: {len(xy)} points are neither a box nor a polygon")
+
+
+def _studio_coordinates(definition) -> list[dict]:
+    """A tracked box or polygon in the AI Tracker's coordinates (a polygon as one flat list of points)."""
+    if definition.type == dl.AnnotationType.POLYGON:
+        return _polygon_coordinates(definition.geo)
+    return definition.to_coordinates(color=None)
+
+
+def _tracker_prompt(definition, where: str) -> dict:
+    """A drawn box, polygon or mask as a `VideoTracker` prompt; a rotated box prompts with its enclosing box.
+    The tracker checks the geometry against the video (frame range, box inside the frame, mask size)."""
+    if definition.type == dl.AnnotationType.BOX:
+        box = [definition.left, definition.top, definition.right, definition.bottom]
+        if definition.angle:
+            box = enclosing_box(box, definition.angle).tolist()
+        return {"type": "box", "box": box}
+    if definition.type == dl.AnnotationType.POLYGON:
+        return {"type": "polygon", "polygon": np.asarray(definition.geo, dtype=np.float64)}
+    # A copy: decoding a parsed dl.Segmentation sets its colour to an RGBA pixel, after which dtlpy cannot
+    # serialise it with a label colour (it compares a 4-vector with an RGB tuple); the drawn frame goes back as is.
+    try:
+        mask = np.asarray(copy.copy(definition).geo) > 0
+    except Exception as error:  # a corrupt PNG in the annotation's coordinates
+        raise InputError(f"{where}: the mask cannot be decoded ({error})") from None
+    return {"type": "mask", "mask": mask}
 
 
 def _auth_headers(dl_module) -> dict | None:

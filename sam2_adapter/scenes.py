@@ -75,6 +75,12 @@ MIN_LEAVE_FRAMES = 12
 
 _KIND_CDF = np.cumsum([0.22, 0.28, 0.17, 0.14, 0.19])  # ellipse, polygon, ring, bar, split
 _KIND_MIN_EXTENT = {"ellipse": 12.0, "polygon": 12.0, "ring": 20.0, "bar": 24.0, "split": 22.0}
+# Object extents as fractions of the smaller image side. A 256 px SAM 2 predicts masks at 64 x 64, so an object
+# must span several mask pixels (and a bar or a ring's frame at least two) to be segmentable at all; the floor
+# keeps the smallest objects at about 41 px at 256 px, i.e. 164 px at SAM 2's usual 1024 px.
+_SCENE_EXTENT = (0.16, 0.6)
+_CLIP_EXTENT = (0.16, 0.4)
+_CLIP_LEAVER_EXTENT = (0.16, 0.25)  # an object that leaves and comes back must fit its path
 _TEXTURE_CDF = np.cumsum([0.34, 0.24, 0.20, 0.22])  # flat, stripes, gradient, checker
 _BG_LABEL = 255  # label-map value of pixels that show background
 _BG_DIST = 62.0  # wanted RGB distance between an object's colours and the background under it
@@ -199,8 +205,8 @@ def _make_shape(rng: np.random.Generator, kind: str, extent: float) -> _Shape:
         pts = _convex_pts(rng, a) if rng.random() < 0.45 else _concave_pts(rng, a)
         parts = [(pts, 1)]
     elif kind == "ring":
-        b = a * rng.uniform(0.6, 1.0)
-        thick = max(3.5, b * rng.uniform(0.2, 0.5))
+        b = a * rng.uniform(0.7, 1.0)
+        thick = max(3.5, b * rng.uniform(0.3, 0.55))
         thick = min(thick, b - 3.0)
         if rng.random() < 0.3:
             n = int(rng.integers(4, 9))
@@ -213,7 +219,7 @@ def _make_shape(rng: np.random.Generator, kind: str, extent: float) -> _Shape:
             inner = _ellipse_pts(a - thick, b - thick)
         parts = [(outer, 1), (inner, 0)]
     elif kind == "bar":
-        half_w = rng.uniform(3.5, 8.0) / 2.0
+        half_w = max(3.5, extent * rng.uniform(0.1, 0.2)) / 2.0
         parts = [(np.array([[-a, -half_w], [a, -half_w], [a, half_w], [-a, half_w]], np.float32), 1)]
     elif kind == "split":
         gap = rng.uniform(4.0, max(4.5, 0.25 * extent))
@@ -579,7 +585,7 @@ def make_scene(
 
     n_objects: a count, or an inclusive range (lo, hi) that the count is drawn from.
     Objects are ellipses, convex/concave polygons, rings, thin bars and two-part
-    objects, 12 px up to ~60% of the smaller image side, flat/striped/gradient/
+    objects, 16% to 60% of the smaller image side (at least 12 px), flat/striped/gradient/
     checker textured, placed at random or against earlier objects (so they
     overlap and touch), on a noisy low-frequency background with small
     distractor blobs. Objects never lose more than 75% of their in-image area to
@@ -598,7 +604,8 @@ def _try_scene(rng: np.random.Generator, h: int, w: int, k: int) -> Scene | None
     side = min(h, w)
     img, coarse = _background(rng, h, w)
     labels = np.full((h, w), _BG_LABEL, np.uint8)  # index of the object seen at each pixel
-    extents = np.exp(rng.uniform(math.log(12.0), math.log(0.6 * side), k))
+    lo_ext, hi_ext = (max(12.0, f * side) for f in _SCENE_EXTENT)
+    extents = np.exp(rng.uniform(math.log(lo_ext), math.log(hi_ext), k))
     if rng.random() < 0.65:
         extents = np.sort(extents)[::-1]  # mostly big ones at the back
     crops: list[tuple[tuple[int, int, int, int], np.ndarray]] = []  # full (unoccluded) masks
@@ -823,8 +830,8 @@ def _try_clip(rng: np.random.Generator, n_frames: int, h: int, w: int, k: int, l
     first_mid = None
     for i in range(k):
         kind = KINDS[_pick(rng, _KIND_CDF)]
-        hi_ext = (0.25 if i in leavers else 0.4) * side
-        extent = max(float(np.exp(rng.uniform(math.log(14.0), math.log(hi_ext)))), _KIND_MIN_EXTENT[kind])
+        lo_ext, hi_ext = (max(14.0, f * side) for f in (_CLIP_LEAVER_EXTENT if i in leavers else _CLIP_EXTENT))
+        extent = max(float(np.exp(rng.uniform(math.log(lo_ext), math.log(hi_ext)))), _KIND_MIN_EXTENT[kind])
         shape = _make_shape(rng, kind, extent)
         ratio = float(np.exp(rng.uniform(-0.3, 0.3)))
         scale = ratio ** (t / max(n_frames - 1, 1))

@@ -46,7 +46,7 @@ MANIFEST_PATH = REPO / "dataloop.json"
 MODULE_NAME = "sam2-module"
 # Every function the manifest must offer. `track` is the video tracker; it is expected on ModelAdapter with the
 # signature track(self, dl, item_stream_url, bbs, start_frame, frame_duration=60, progress=None).
-EXPECTED_FUNCTIONS = ["box_to_segmentation", "box_to_polygon", "predict_interactive_editing", "track",
+EXPECTED_FUNCTIONS = ["box_to_segmentation", "box_to_polygon", "predict_interactive_editing", "track", "track_video",
                       "predict_items", "predict_dataset"]
 # Parameters the Dataloop runner fills in itself; they are never manifest inputs.
 INJECTED = {"self", "dl", "progress", "context"}

@@ -164,12 +164,15 @@ def image_step(model, rng, gen, batch: int, per_image: int, size: int, pool=None
     return total / 6
 
 
-def video_step(model, rng, gen, clips: int, frames: int, size: int) -> torch.Tensor:
-    data = [make_clip(rng, n_frames=frames, height=size, width=size) for _ in range(clips)]
-    feats, pos, sizes = encode(model, np.concatenate([c.frames for c in data]))
-    pairs = [(c, int(rng.integers(len(clip.kinds)))) for c, clip in enumerate(data)]
-    masks = torch.from_numpy(np.stack([data[c].masks[:, k] for c, k in pairs], axis=1))  # (T, N, H, W)
-    visible = torch.from_numpy(np.stack([data[c].visible[:, k] for c, k in pairs], axis=1))  # (T, N)
+def video_step(model, rng, gen, clips: int, frames: int, size: int, stride: int = 2) -> torch.Tensor:
+    """Every object of `clips` clips prompted on frame 0 and tracked over `frames` frames. The clips are drawn
+    `stride` times longer and every `stride`-th frame is kept: faster motion per step, and clips long enough
+    for objects to leave the view and come back (what teaches the object score to say absent)."""
+    data = [make_clip(rng, n_frames=frames * stride, height=size, width=size) for _ in range(clips)]
+    feats, pos, sizes = encode(model, np.concatenate([c.frames[::stride] for c in data]))
+    pairs = [(c, k) for c, clip in enumerate(data) for k in range(len(clip.kinds))]
+    masks = torch.from_numpy(np.stack([data[c].masks[::stride, k] for c, k in pairs], axis=1))  # (T, N, H, W)
+    visible = torch.from_numpy(np.stack([data[c].visible[::stride, k] for c, k in pairs], axis=1))  # (T, N)
     n = len(pairs)
     kind = rng.choice(["box", "click", "mask"], p=[0.5, 0.3, 0.2])
     point_inputs, mask_inputs = None, None

@@ -1,0 +1,403 @@
+"""The video functions of the Dataloop face (`track_video`, and the studio's `track`), with real dtlpy entities built
+offline and the bundled micro SAM 2 on a generated mp4. Only dtlpy's network calls are replaced: the item download
+(served from the test's own file), the item's annotation list and the dataset's ontology (label colours).
+
+The micro checkpoint tracks poorly for now (README), so nothing here asserts tracking accuracy. What is asserted is
+the contract a user sees: the adapter returns exactly what the core tracker computes for the same prompts, in the
+annotation's own type, with one object id across frames, drawn frames fixed and tracked ones not, absent frames not
+visible and without geometry, labels and attributes kept, and bad annotations reported while the others come back;
+all of it as JSON that dtlpy's own parser reads back.
+"""
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import dtlpy as dl
+import numpy as np
+import pytest
+import torch
+
+from model_adapter import ModelAdapter
+from sam2_adapter.errors import InputError
+from sam2_adapter.geometry import mask_to_polygons, png_data_url_to_mask
+from sam2_adapter.scenes import make_clip, mask_box, write_video
+from sam2_adapter.tracker import VideoTracker
+
+T, H, W = 12, 128, 160
+REPO = Path(__file__).resolve().parent.parent
+_VIDEOS: dict[str, Path] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small ops: one thread is as fast, and kinder to other jobs on the same cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    dl.Model.update = lambda self, **kwargs: self  # the module fixture outlives monkeypatch
+    entity = dl.Model.from_json(
+        _json={"id": "model-v", "name": "sam2-micro", "configuration": {"model": "micro", "device": "cpu"}},
+        client_api=dl.client_api, project=None, package=None, is_fetched=False)
+    adapter = ModelAdapter()
+    adapter.model_entity = entity
+    adapter.load(local_path=None)
+    return adapter
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return make_clip(np.random.default_rng(7), n_frames=T, height=H, width=W, n_objects=2, leave_view=False)
+
+
+@pytest.fixture(scope="module")
+def video(clip, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    write_video(clip.frames, path, fps=10)
+    return path
+
+
+class OfflinePlatform:
+    """Stands in for the platform calls the video functions make; dtlpy's own logic runs unchanged."""
+
+    def __init__(self, monkeypatch):
+        self.stored: dict[str, list[dict]] = {}
+        platform = self
+
+        def download(item, local_path=None, **kwargs):
+            target = Path(local_path) / item.name
+            shutil.copyfile(_VIDEOS[item.id], target)
+            return str(target)
+
+        def list_annotations(repo, *args, **kwargs):
+            return dl.AnnotationCollection(item=repo.item, annotations=[
+                dl.Annotation.from_json(j, item=repo.item) for j in platform.stored.get(repo.item.id, [])])
+
+        monkeypatch.setattr(dl.Item, "download", download)
+        monkeypatch.setattr(dl.repositories.Annotations, "list", list_annotations)
+        monkeypatch.setattr(dl.Dataset, "_get_ontology",
+                            lambda self: type("Ontology", (), {"color_map": {}, "labels": []})())
+        self.dataset = dl.Dataset.from_json(_json={"id": "dataset-v", "name": "videos"}, client_api=dl.client_api,
+                                            project=None, datasets=None, is_fetched=False)
+
+    def item(self, item_id: str, video: Path, mimetype: str = "video/mp4") -> dl.Item:
+        _VIDEOS[item_id] = video
+        return dl.Item.from_json(
+            _json={"id": item_id, "name": f"{item_id}.mp4", "filename": f"/{item_id}.mp4", "type": "file",
+                   "datasetId": self.dataset.id,
+                   "metadata": {"system": {"mimetype": mimetype, "height": H, "width": W, "nb_frames": T}, "fps": 10}},
+            client_api=dl.client_api, dataset=self.dataset, is_fetched=False)
+
+
+@pytest.fixture
+def platform(monkeypatch):
+    return OfflinePlatform(monkeypatch)
+
+
+def video_annotation(item, ann_id: str, frames: dict, object_id: str = "1", not_fixed: dict | None = None) -> dict:
+    """A video annotation as the platform serialises it (dtlpy's own builder and to_json): `frames` drawn
+    (fixed), `not_fixed` carried by an earlier tracking (fixed=False)."""
+    builder = item.annotations.builder()
+    everything = {**{t: (d, True) for t, d in frames.items()}, **{t: (d, False) for t, d in (not_fixed or {}).items()}}
+    for t in sorted(everything):
+        definition, fixed = everything[t]
+        builder.add(annotation_definition=definition, object_id=object_id, frame_num=t, fixed=fixed,
+                    metadata={"user": {"note": "drawn"}})
+    return {**builder.annotations[0].to_json(), "id": ann_id}
+
+
+def box_of(mask, label, attributes=None) -> dl.Box:
+    x1, y1, x2, y2 = (float(v) for v in mask_box(mask))
+    return dl.Box(left=x1, top=y1, right=x2, bottom=y2, label=label, attributes=attributes or {})
+
+
+def polygon_of(mask, label, attributes=None) -> dl.Polygon:
+    return dl.Polygon(geo=mask_to_polygons(mask)[0], label=label, attributes=attributes or {})
+
+
+def read_back(result: dict, item) -> dl.Annotation:
+    """The JSON through the platform's path: serialised, then dtlpy's parser."""
+    return dl.Annotation.from_json(json.loads(json.dumps(result)), item=item)
+
+
+def frames_of(annotation: dl.Annotation) -> dict:
+    return {t: annotation.frames[t] for t in annotation.frames.keys()}
+
+
+def core_run(adapter, video, prompts: dict, passes: list) -> dict:
+    """What the core tracker computes for the same prompts {key: {frame: prompt}}: {key: {frame: ObjectMask}}."""
+    out: dict = {key: {} for key in prompts}
+    with VideoTracker(adapter.model, str(video), mask_threshold=adapter.settings.mask_threshold) as tracker:
+        for frame, key, prompt in sorted(((f, k, p) for k, ps in prompts.items() for f, p in ps.items()),
+                                         key=lambda x: x[0]):
+            tracker.add_prompt(key, frame, prompt)
+        for start, direction, count in passes:
+            for result in tracker.propagate(start_frame=start, direction=direction, max_frames=count):
+                for key, obj in result.objects.items():
+                    out[key][result.frame_idx] = obj
+    return out
+
+
+def tracked_ring(adapter, obj):
+    """The polygon the adapter should make of a tracked object: its largest part, in frame pixels; None if none."""
+    if not obj.visible:
+        return None
+    rings = mask_to_polygons(obj.crop, adapter.settings.polygon_tolerance, adapter.settings.polygon_min_area)
+    return rings[0] + np.asarray(obj.origin) if rings else None
+
+
+def assert_frame_matches(adapter, frame, obj, kind: str, first: bool = False) -> None:
+    """A tracked frame holds the core's result, or is absent with no geometry where the core says absent. An
+    annotation's first frame is its top-level geometry in the JSON, which dtlpy always reads back as fixed."""
+    assert first or not frame.fixed, f"frame {frame.frame_num}: a tracked frame must not be fixed"
+    expected = None
+    if obj.visible:
+        if kind == "box":
+            expected = obj.box
+        elif kind == "segment":
+            expected = tracked_ring(adapter, obj)
+        else:
+            expected = obj.mask()
+    if expected is None:
+        assert not frame.object_visible, f"frame {frame.frame_num}: absent in the core, visible in the result"
+        assert_no_geometry(frame, kind)
+        return
+    assert frame.object_visible, f"frame {frame.frame_num}: visible in the core, absent in the result"
+    if kind == "box":
+        got = (frame.left, frame.top, frame.right, frame.bottom)
+        assert got == pytest.approx(expected)
+    elif kind == "segment":
+        assert np.array_equal(np.asarray(frame.geo), expected)
+    else:
+        assert np.array_equal(png_data_url_to_mask(frame.coordinates), expected)
+
+
+def assert_no_geometry(frame, kind: str) -> None:
+    if kind == "box":
+        assert (frame.left, frame.top, frame.right, frame.bottom) == (0, 0, 0, 0)
+    elif kind == "segment":
+        assert np.asarray(frame.geo).size == 0
+    else:
+        assert not png_data_url_to_mask(frame.coordinates).any()
+
+
+# -- track_video -----------------------------------------------------------------------------------------------------
+def test_boxes_are_tracked_forward_as_the_core_tracks_them(adapter, clip, video, platform):
+    item = platform.item("vid-boxes", video)
+    sources = [video_annotation(item, f"box-{k}", {0: box_of(clip.masks[0, k], f"label-{k}", {"k": k})},
+                                object_id=str(k + 7)) for k in range(2)]
+    out = adapter.track_video(item=item, annotations=sources)
+    core = core_run(adapter, video, {f"box-{k}": {0: {"type": "box", "box": mask_box(clip.masks[0, k]).tolist()}}
+                                     for k in range(2)}, [(0, "forward", None)])
+
+    assert [a["id"] for a in out] == ["box-0", "box-1"], "each annotation comes back with its own id"
+    object_ids = [a["metadata"]["system"]["objectId"] for a in out]
+    assert object_ids == ["7", "8"], "the annotations keep their object ids"
+    for k, result in enumerate(out):
+        assert result["type"] == "box" and result["label"] == f"label-{k}"
+        assert result["metadata"]["user"]["note"] == "drawn"
+        assert result["metadata"]["user"]["sam2"]["source_annotation_id"] == f"box-{k}"
+        annotation = read_back(result, item)
+        assert annotation.object_id == object_ids[k]
+        frames = frames_of(annotation)
+        assert sorted(frames) == list(range(T)), "forward from frame 0 to the end of the video"
+        assert frames[0].fixed and frames[0].object_visible
+        assert (frames[0].left, frames[0].top, frames[0].right, frames[0].bottom) == tuple(mask_box(clip.masks[0, k]))
+        for t in range(1, T):
+            assert frames[t].label == f"label-{k}" and frames[t].attributes == {"k": k}
+            assert_frame_matches(adapter, frames[t], core[f"box-{k}"][t], "box")
+
+
+def test_a_correction_frame_prompts_and_later_frames_take_its_attributes(adapter, clip, video, platform):
+    """SAM 2's data-engine use: a polygon drawn on frame 0, corrected on frame 6. A frame an earlier tracking left
+    (not fixed) is not a prompt."""
+    item = platform.item("vid-poly", video)
+    first = polygon_of(clip.masks[0, 0], "car", {"occluded": False})
+    correction = polygon_of(clip.masks[6, 0], "car", {"occluded": True})
+    stale = polygon_of(clip.masks[3, 1], "car", {"occluded": False})  # not this object: would mislead as a prompt
+    source = video_annotation(item, "poly", {0: first, 6: correction}, not_fixed={3: stale})
+    out = adapter.track_video(item=item, annotations=[source], direction="forward", max_frames=3)
+    core = core_run(adapter, video, {"poly": {0: {"type": "polygon", "polygon": first.geo},
+                                              6: {"type": "polygon", "polygon": correction.geo}}},
+                    [(0, "forward", 9)])
+
+    (result,) = out
+    assert result["type"] == "segment" and result["id"] == "poly"
+    frames = frames_of(read_back(result, item))
+    assert sorted(frames) == list(range(9)), "from the first drawn frame to max_frames - 1 past the last"
+    for t, drawn in ((0, first), (6, correction)):
+        assert frames[t].fixed and frames[t].object_visible
+        assert np.array_equal(np.asarray(frames[t].geo), drawn.geo), "a drawn frame keeps its drawing"
+    for t in (1, 2, 3, 4, 5, 7, 8):
+        assert_frame_matches(adapter, frames[t], core["poly"][t], "segment")
+        assert frames[t].attributes == {"occluded": t > 6}, "a tracked frame takes the latest drawn frame's values"
+
+
+def test_masks_in_both_directions_keep_holes(adapter, clip, video, platform):
+    item = platform.item("vid-mask", video)
+    drawn = clip.masks[6, 1].copy()
+    x1, y1, x2, y2 = (int(v) for v in mask_box(drawn))
+    cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+    drawn[cy - 2:cy + 2, cx - 2:cx + 2] = False  # a hole the result must keep on its drawn frame
+    builder = item.annotations.builder()
+    builder.add(annotation_definition=dl.Segmentation(geo=drawn, label="blob", attributes={"n": 1}), object_id="1",
+                frame_num=6)
+    source = {**builder.annotations[0].to_json(), "id": "mask"}
+    out = adapter.track_video(item=item, annotations=[source], direction="both", max_frames=4)
+    core = core_run(adapter, video, {"mask": {6: {"type": "mask", "mask": drawn}}}, [(6, "both", 4)])
+
+    (result,) = out
+    assert result["type"] == "binary"
+    frames = frames_of(read_back(result, item))
+    seen = [t for t in range(3, 10) if t == 6 or core["mask"][t].visible]
+    assert sorted(frames) == list(range(seen[0], 10)), "frames 3..9, from the first frame the object is seen"
+    assert frames[6].fixed and np.array_equal(png_data_url_to_mask(frames[6].coordinates), drawn)
+    for t in sorted(frames):
+        if t != 6:
+            assert_frame_matches(adapter, frames[t], core["mask"][t], "binary", first=t == seen[0])
+
+
+def test_backward_from_the_last_frame(adapter, clip, video, platform):
+    item = platform.item("vid-back", video)
+    source = video_annotation(item, "back", {T - 1: box_of(clip.masks[T - 1, 0], "car")})
+    out = adapter.track_video(item=item, annotations=[source], direction="backward", max_frames=5)
+    core = core_run(adapter, video, {"back": {T - 1: {"type": "box", "box": mask_box(clip.masks[T - 1, 0]).tolist()}}},
+                    [(T - 1, "backward", 5)])
+    frames = frames_of(read_back(out[0], item))
+    seen = [t for t in range(T - 5, T) if t == T - 1 or core["back"][t].visible]
+    assert sorted(frames) == list(range(seen[0], T))
+    assert frames[T - 1].fixed
+    for t in sorted(frames)[:-1]:
+        assert_frame_matches(adapter, frames[t], core["back"][t], "box", first=t == seen[0])
+
+
+def test_absent_frames_are_not_visible_and_hold_no_geometry(adapter, clip, video, platform, monkeypatch):
+    """A mask threshold no logit reaches makes SAM 2 find nothing on any tracked frame: every one of them must be
+    marked absent, with nothing copied from the drawn frame, in every type."""
+    monkeypatch.setattr(adapter, "settings", adapter.settings.__class__.from_mapping(
+        {**adapter.settings.as_dict(), "mask_threshold": 1e9}))
+    item = platform.item("vid-absent", video)
+    builder = item.annotations.builder()
+    builder.add(annotation_definition=dl.Segmentation(geo=clip.masks[2, 1], label="m"), object_id="3", frame_num=2)
+    sources = [video_annotation(item, "b", {2: box_of(clip.masks[2, 0], "b")}, object_id="1"),
+               video_annotation(item, "p", {2: polygon_of(clip.masks[2, 1], "p")}, object_id="2"),
+               {**builder.annotations[0].to_json(), "id": "m"}]
+    out = adapter.track_video(item=item, annotations=sources, max_frames=6)
+    assert [a["id"] for a in out] == ["b", "p", "m"]
+    for result in out:
+        frames = frames_of(read_back(result, item))
+        assert sorted(frames) == list(range(2, 8))
+        assert frames[2].fixed and frames[2].object_visible
+        for t in range(3, 8):
+            assert not frames[t].object_visible and not frames[t].fixed
+            assert_no_geometry(frames[t], result["type"])
+    studio = adapter.track(item_stream_url=str(video), bbs={"b": [{"x": 10, "y": 10}, {"x": 60, "y": 50}]},
+                           start_frame=2, frame_duration=3)
+    assert studio == {"b": {2: None, 3: None, 4: None}}, "the studio tracker maps absent frames to None"
+
+
+def test_bad_annotations_are_reported_by_id_and_frame_and_the_rest_come_back(adapter, clip, video, platform, caplog):
+    item = platform.item("vid-bad", video)
+    adapter.report.clear()
+    good = box_of(clip.masks[0, 0], "car")
+    point = video_annotation(item, "a-point", {0: dl.Point(x=5, y=5, label="p")}, object_id="2")
+    classification = video_annotation(item, "a-class", {0: dl.Classification(label="c")}, object_id="3")
+    sources = [
+        video_annotation(item, "good", {0: good}, object_id="1"),
+        point,
+        classification,
+        video_annotation(item, "too-late", {0: good, 40: good}, object_id="4"),
+        video_annotation(item, "outside", {5: dl.Box(left=W + 10, top=0, right=W + 40, bottom=20, label="x")},
+                         object_id="5"),
+        {"id": "garbage"},
+        video_annotation(item, "good", {0: good}, object_id="6"),
+        video_annotation(item, "good-2", {4: box_of(clip.masks[4, 1], "car")}, object_id="7"),
+    ]
+    with caplog.at_level(logging.WARNING, logger="sam2-adapter"):
+        out = adapter.track_video(item=item, annotations=sources, max_frames=3)
+    assert [a["id"] for a in out] == ["good", "good-2"]
+    reported = [line["message"] for line in adapter.report if line["item"] == "vid-bad"]
+    expected = {"a-point": "point", "a-class": "class", "too-late": "40", "outside": "frame 5", "garbage": "garbage",
+                "good": "twice"}
+    for ann_id, detail in expected.items():
+        assert any(ann_id in m and detail in m for m in reported), f"{ann_id} ({detail}) is not reported: {reported}"
+        assert ann_id in caplog.text
+    assert len(reported) == len(expected)
+    frames = frames_of(read_back(out[1], item))
+    assert sorted(frames)[0] == 4 and frames[4].fixed, "an annotation drawn later starts on its own frame"
+
+
+def test_the_items_own_annotations_when_none_are_given(adapter, clip, video, platform):
+    item = platform.item("vid-own", video)
+    platform.stored["vid-own"] = [
+        video_annotation(item, "own-box", {0: box_of(clip.masks[0, 1], "car")}, object_id="1"),
+        video_annotation(item, "own-class", {0: dl.Classification(label="scene")}, object_id="2"),
+    ]
+    adapter.report.clear()
+    out = adapter.track_video(item=item, max_frames=2)
+    assert [a["id"] for a in out] == ["own-box"]
+    assert adapter.report == [], "other types of the item's own annotations are not errors"
+    annotation = read_back(out[0], item)
+    assert sorted(frames_of(annotation)) == [0, 1] and annotation.label == "car"
+
+
+def test_bad_requests_are_clear_errors(adapter, video, platform):
+    item = platform.item("vid-opts", video)
+    with pytest.raises(InputError, match="direction"):
+        adapter.track_video(item=item, annotations=[], direction="sideways")
+    with pytest.raises(InputError, match="max_frames"):
+        adapter.track_video(item=item, annotations=[], max_frames=0)
+    image = platform.item("not-a-video", video, mimetype="image/png")
+    with pytest.raises(InputError, match="not-a-video.*image/png"):
+        adapter.track_video(item=image, annotations=[])
+    assert adapter.track_video(item=item, annotations=[]) == []
+
+
+# -- the studio's AI Tracker -----------------------------------------------------------------------------------------
+def test_studio_tracker_returns_the_core_results_in_the_prompts_type(adapter, clip, video):
+    box = mask_box(clip.masks[2, 0])
+    ring = mask_to_polygons(clip.masks[2, 1])[0]
+    bbs = {
+        "b": [{"x": float(box[2]), "y": float(box[3])}, {"x": float(box[0]), "y": float(box[1])}],  # corners swapped
+        "p": [[{"x": float(x), "y": float(y)} for x, y in ring]],
+        "bad": [{"x": 1.0}],
+    }
+    out = adapter.track(item_stream_url=str(video), bbs=bbs, start_frame=2, frame_duration=5)
+    core = core_run(adapter, video, {"b": {2: {"type": "box", "box": box.tolist()}},
+                                     "p": {2: {"type": "polygon", "polygon": ring}}}, [(2, "forward", 5)])
+    assert set(out) == {"b", "p"}, "the bad prompt is left out, the others are tracked"
+    for key, frames in out.items():
+        assert sorted(frames) == [2, 3, 4, 5, 6]
+        for t, coordinates in frames.items():
+            obj = core[key][t]
+            expected = (obj.box if obj.visible else None) if key == "b" else tracked_ring(adapter, obj)
+            if expected is None:
+                assert coordinates is None, "an absent object maps to None, never to a copied shape"
+            elif key == "b":
+                x1, y1, x2, y2 = expected
+                assert coordinates == [{"x": x1, "y": y1, "z": 0}, {"x": x2, "y": y2, "z": 0}]
+            else:
+                assert [[p["x"], p["y"]] for p in coordinates] == expected.tolist()
+
+
+# -- manifest --------------------------------------------------------------------------------------------------------
+def test_manifest_offers_track_video_on_video_items():
+    raw = json.loads((REPO / "dataloop.json").read_text())
+    dpk = dl.Dpk.from_json(_json=raw, client_api=dl.client_api, project=None)
+    (module,) = dpk.components.modules
+    (function,) = [f for f in module.functions if f.name == "track_video"]
+    assert [i.name for i in function.inputs] == ["item", "annotations", "direction", "max_frames"]
+    assert [i.type for i in function.inputs][:2] == ["Item", "Json[]"]
+    assert [o.type for o in function.outputs] == ["Annotation[]"]
+    toolbars = [t for t in dpk.components.toolbars if (t.invoke or {}).get("namespace", "").endswith(".track_video")]
+    assert len(toolbars) == 1
+    toolbar = toolbars[0]
+    assert toolbar.location == "studioAnnotation" and toolbar.action == "drawAnnotation"
+    filters = json.dumps(toolbar.conditions)
+    assert "video/*" in filters and all(f'"{t}"' in filters for t in ("box", "segment", "binary"))
