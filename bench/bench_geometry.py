@@ -10,6 +10,10 @@ Prints, for one 4K mask with a few large objects (holes, several parts, an islan
   rasterised result with the mask; dtlpy's polygons are rasterised both with our ``polygons_to_mask`` and
   with dtlpy's own ``Segmentation.from_polygon``).
 
+And, for a 1300x1080 noisy mask as a model with random weights outputs (one part with thousands of holes,
+plus specks): ``mask_to_polygons`` against ``cv2.findContours`` on the same mask, the tracing it starts from,
+as a ratio measured in the same run (the keyhole splicing should stay a small multiple of it).
+
 Figures only: no assertions on time. dtlpy runs in a throwaway DATALOOP_PATH/HOME (it writes a cookie file
 and logs on import), so nothing touches the real home directory.
 """
@@ -57,6 +61,17 @@ def make_mask() -> np.ndarray:
     star = [(3000 + 330 * np.cos(a) * (1 if k % 2 == 0 else 0.45), 1800 + 330 * np.sin(a) * (1 if k % 2 == 0 else 0.45))
             for k, a in enumerate(np.linspace(-np.pi / 2, 1.5 * np.pi, 10, endpoint=False))]
     cv2.fillPoly(m, [np.round(star).astype(np.int32)], 1)
+    return m.astype(bool)
+
+
+def make_noisy_mask() -> np.ndarray:
+    """1300x1080: blurred noise thresholded at 0.5 (a random-weight model's mask) plus three large filled shapes."""
+    h, w = 1080, 1300
+    rng = np.random.default_rng(0)
+    m = (cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 1.5) > 0.5).astype(np.uint8)
+    cv2.circle(m, (w // 4, h // 2), h // 5, 1, -1)
+    cv2.rectangle(m, (w // 2, h // 8), (w // 2 + w // 5, h // 3), 1, -1)
+    cv2.ellipse(m, (3 * w // 4, 2 * h // 3), (w // 8, h // 6), 30, 0, 360, 1, -1)
     return m.astype(bool)
 
 
@@ -159,6 +174,26 @@ def main() -> None:
     t_exact, exact = median_time(lambda: geo.mask_to_polygons(mask, tolerance=0), 1)
     print(f"  tolerance=0: {t_exact * 1e3:.1f} ms, {sum(map(len, exact))} vertices, rasterises back exactly: "
           f"{np.array_equal(geo.polygons_to_mask(exact, H, W), mask)}\n")
+
+    # ---- many holes
+    noisy = make_noisy_mask()
+    nh, nw = noisy.shape
+    trace = lambda: cv2.findContours(noisy.view(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)  # noqa: E731
+    parent = trace()[1][0][:, 3]
+    wall, cpu, out = race({"findContours": trace, "ours": lambda: geo.mask_to_polygons(noisy)}, runs)
+    polys = out["ours"]
+    print(f"many holes ({nw}x{nh} noisy mask: {np.count_nonzero(parent < 0)} parts, {np.count_nonzero(parent >= 0)} "
+          f"holes, {np.bincount(parent[parent >= 0]).max()} in the largest part; runs alternate, median)")
+    print(f"  {'':40s} {'wall':>9s} {'cpu':>9s}")
+    print(f"  {'cv2.findContours (RETR_CCOMP, SIMPLE)':40s} {wall['findContours'] * 1e3:7.1f}ms "
+          f"{cpu['findContours'] * 1e3:7.1f}ms")
+    print(f"  {'geometry.mask_to_polygons':40s} {wall['ours'] * 1e3:7.1f}ms {cpu['ours'] * 1e3:7.1f}ms  "
+          f"{len(polys)} rings, {sum(map(len, polys))} vertices, "
+          f"IoU {geo.mask_iou(geo.polygons_to_mask(polys, nh, nw), noisy):.4f}")
+    print(f"  {'ratio':40s} {wall['ours'] / wall['findContours']:8.1f}x {cpu['ours'] / cpu['findContours']:8.1f}x")
+    t_exact, exact = median_time(lambda: geo.mask_to_polygons(noisy, tolerance=0, min_area=0, min_hole_area=0), 1)
+    print(f"  tolerance=0, every speck and hole kept: {t_exact * 1e3:.1f} ms, {len(exact)} rings, rasterises back "
+          f"exactly: {np.array_equal(geo.polygons_to_mask(exact, nh, nw), noisy)}\n")
 
     # ---- RLE, for reference
     t_rle, rle = median_time(lambda: geo.mask_to_rle(mask), runs)

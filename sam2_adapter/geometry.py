@@ -165,10 +165,11 @@ def mask_to_polygons(
         A list of float64 (N, 2) ``x, y`` rings in the pixel-centre convention (see module doc), one per part,
         sorted by the part's pixel count, largest first. ``[]`` for an empty mask. An outer boundary runs
         counter-clockwise on screen; each hole is traversed clockwise and joined to the ring by a zero-width
-        cut ("keyhole": the ring walks along a row or column of the part's own pixels to the hole, around
-        it, and back along the same cut), so filling the single ring with the even-odd or the non-zero rule
-        leaves the hole empty and the cut adds no pixels. This is how a holed region fits in a
-        ``dl.Polygon``, which holds a single ring and no hole list; the studio draws the cut as a hairline.
+        cut ("keyhole": the ring walks from the outline, or from another hole, along a row or column of the
+        part's own pixels (small holes it fills count as the part's) to the hole, around it, and back along
+        the same cut), so filling the single ring with the even-odd or the non-zero rule leaves the hole
+        empty and the cut adds no pixels. This is how a holed region fits in a ``dl.Polygon``, which holds a
+        single ring and no hole list; the studio draws the cut as a hairline.
         Parts narrower than a pixel trace to degenerate rings (a line walked there and back); they are kept
         and rasterise back to their pixels.
     """
@@ -194,70 +195,92 @@ def mask_to_polygons(
     if hierarchy is None:
         return []
     hier = hierarchy[0]
+    is_outer = hier[:, 3] == -1
+    pixels = _region_pixels(contours, is_outer)
 
     parts: list[tuple[float, np.ndarray]] = []
-    for i in range(len(contours)):
-        if hier[i][3] != -1:
-            continue  # a hole; handled with its parent
-        holes, hole_px = [], []
-        child = hier[i][2]
+    for i in np.flatnonzero(is_outer):
+        holes = []  # a hole is handled with its parent
+        child = hier[i, 2]
         while child != -1:
-            holes.append(contours[child])
-            hole_px.append(_region_pixels(contours[child], outer=False))
-            child = hier[child][0]
-        area = _region_pixels(contours[i], outer=True) - sum(hole_px)
+            holes.append(child)
+            child = hier[child, 0]
+        area = float(pixels[i] - pixels[holes].sum())
         if area < min_part:
             continue
-        kept = [h for h, px in zip(holes, hole_px) if px >= min_hole or min_hole <= 0]
-        parts.append((area, _part_ring(contours[i], kept, tol, floor, crop, (ox, oy)).astype(np.float64)))
+        kept = [contours[k] for k in holes if pixels[k] >= min_hole or min_hole <= 0]
+        parts.append((area, _part_ring(contours[i], kept, tol, floor).astype(np.float64)))
     parts.sort(key=lambda p: -p[0])
     return [ring for _, ring in parts]
 
 
-def _region_pixels(contour: np.ndarray, outer: bool) -> float:
-    """Exact pixel count of the region a findContours contour bounds (a part's outline, or a hole), by Pick's
-    theorem: the contour runs through lattice points (pixel centres), B of them on the boundary, so the
-    region has A + B/2 + 1 pixels including its boundary (outer) or A - B/2 + 1 strictly inside (hole).
-    With CHAIN_APPROX_SIMPLE each segment is a straight 8-connected run of max(|dx|, |dy|) steps. This also
-    holds for parts that are lines walked there and back (A = 0); no connected-components pass needed.
+def _region_pixels(contours: Sequence[np.ndarray], outer: np.ndarray) -> np.ndarray:
+    """Exact pixel count of the region each findContours contour bounds (``outer[i]``: a part's outline, else a
+    hole), by Pick's theorem: the contour runs through lattice points (pixel centres), B of them on the
+    boundary, so the region has A + B/2 + 1 pixels including its boundary (outer) or A - B/2 + 1 strictly
+    inside (hole). With CHAIN_APPROX_SIMPLE each segment is a straight 8-connected run of max(|dx|, |dy|)
+    steps. This also holds for parts that are lines walked there and back (A = 0); no connected-components
+    pass needed, and all contours are counted at once (a noisy mask has thousands).
     """
-    pts = contour.reshape(-1, 2).astype(np.int64)
-    boundary = float(np.abs(np.roll(pts, -1, axis=0) - pts).max(axis=1).sum())
-    area = abs(float(cv2.contourArea(contour)))
-    return area + boundary / 2 + 1 if outer else area - boundary / 2 + 1
+    rings = _Rings([c.reshape(-1, 2) for c in contours])
+    area = np.abs(rings.area2) / 2
+    boundary = np.add.reduceat(rings.steps, rings.first)
+    return np.where(outer, area + boundary / 2 + 1, area - boundary / 2 + 1)
 
 
-def _part_ring(
-    outer: np.ndarray, holes: list[np.ndarray], tol: float, min_iou: float, crop: np.ndarray, offset: tuple
-) -> np.ndarray:
+class _Rings:
+    """Closed integer rings (traced contours) concatenated into flat arrays, so that per-vertex and per-ring
+    quantities are computed for thousands of rings at once instead of in a Python loop.
+
+    ``pts``: all vertices (int64 ``x, y``); ``ring``: each vertex's ring index; ``first``, ``size``: each ring's
+    slice of ``pts``; ``nxt``: each vertex's successor (a ring's last vertex is followed by its first);
+    ``steps``: the pixel steps from each vertex to its successor, max(|dx|, |dy|) (contour segments are
+    straight 8-connected runs); ``area2``: twice each ring's signed area, the sign of
+    ``cv2.contourArea(oriented=True)`` (negative: counter-clockwise on screen).
+    """
+
+    def __init__(self, rings: list[np.ndarray]):
+        self.size = np.fromiter(map(len, rings), np.int64, len(rings))
+        self.first = np.cumsum(self.size) - self.size
+        self.ring = np.repeat(np.arange(len(rings)), self.size)
+        self._set(np.concatenate(rings).astype(np.int64))
+
+    def _set(self, pts: np.ndarray) -> None:
+        self.pts = pts
+        self.nxt = np.empty_like(pts)
+        self.nxt[:-1] = pts[1:]
+        self.nxt[self.first + self.size - 1] = pts[self.first]
+        d = np.abs(self.nxt - pts)
+        self.steps = np.maximum(d[:, 0], d[:, 1])
+        self.area2 = np.add.reduceat(pts[:, 0] * self.nxt[:, 1] - self.nxt[:, 0] * pts[:, 1], self.first)
+
+    def reverse(self, which: np.ndarray) -> None:
+        """Reverse the vertex order of the rings where ``which`` (bool per ring) is set."""
+        idx = np.arange(len(self.pts))
+        r = self.ring
+        self._set(self.pts[np.where(which[r], 2 * self.first[r] + self.size[r] - 1 - idx, idx)])
+
+
+def _part_ring(outer: np.ndarray, holes: list[np.ndarray], tol: float, min_iou: float) -> np.ndarray:
     """The keyhole ring of one part, simplified with ``tol`` or, if that loses fidelity, a finer tolerance.
 
-    ``crop`` is the padded uint8 mask the contours were traced on, ``offset`` its image position (x, y).
+    ``outer`` and ``holes`` are the part's traced contours (image coordinates), small holes already left out.
     """
+    x, y, w, h = cv2.boundingRect(outer)
+    if holes:
+        keyhole = _Keyhole(outer, holes)
+        build = keyhole.ring
+    else:
 
-    def build(t: float) -> np.ndarray:
-        return _keyhole(
-            _oriented(_simplify(outer, t), outer=True),
-            [(_oriented(_simplify(h, t), outer=False), h.reshape(-1, 2)) for h in holes],
-            crop,
-            offset,
-            t,
-        )
+        def build(t: float) -> np.ndarray:
+            return _oriented(_simplify(outer, t), outer=True)
 
     ring = build(tol)
     if tol <= 0 or min_iou <= 0:
         return ring
-    # Reference: exactly the part's pixels (small holes filled as requested). fillPoly on the traced outline
-    # gives the part with its holes filled; a hole's traced ring runs through the part's own pixels around
-    # it, so only the hole ring's strict interior (filled minus its outline) is taken out again.
-    x, y, w, h = cv2.boundingRect(outer)
-    ref = _fill_local(outer.reshape(-1, 2), x, y, w, h)
-    for hole in holes:
-        pts = [(hole.reshape(-1, 2) - (x, y)).astype(np.int32).reshape(-1, 1, 2)]
-        inside = np.zeros((h, w), np.uint8)
-        cv2.fillPoly(inside, pts, 1, lineType=cv2.LINE_8)
-        cv2.polylines(inside, pts, True, 0, thickness=1, lineType=cv2.LINE_8)
-        ref &= ~inside.view(bool)
+    # Reference: exactly the part's pixels, small holes filled as requested: the filled outline, less the
+    # holes the keyhole plan keeps (it has that mask already, it runs its cuts over it).
+    ref = keyhole.solid if holes else _fill_local(outer.reshape(-1, 2), x, y, w, h)
     ref_px = np.count_nonzero(ref)
     t = tol
     while True:
@@ -302,93 +325,189 @@ def _oriented(ring: np.ndarray, outer: bool) -> np.ndarray:
     return ring
 
 
-def _keyhole(outer: np.ndarray, holes: list, crop: np.ndarray, offset: tuple, tol: float) -> np.ndarray:
-    """Splice each hole into the outer ring through a zero-width cut that runs over foreground pixels only.
+# Cut directions (dx, dy), in order of preference among cuts of equal length: left, right, up, down (the
+# walks rely on this order: the two along x first, each pair backward first).
+_DIRECTIONS = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])
 
-    ``holes`` holds (simplified ring, traced contour) pairs. Each cut is a straight row or column of the
-    part's own pixels, from the hole's extreme traced pixel (leftmost, rightmost, top or bottom) to the
-    last foreground pixel before background: cv2.fillPoly paints the pixels under a cut, so a cut over
-    foreground only keeps the fill exact, and an axis-aligned run is the simplest way to guarantee that.
-    The background reached is outside the part or another hole; holes go in order of leftmost x, so a
-    leftward cut only ever meets a hole already in the ring and is always usable; the shortest usable of
-    the four cuts is taken (a short cut draws as a short hairline in the studio's outline).
+
+class _Keyhole:
+    """Splices every hole of a part into its outer ring through zero-width cuts over the part's own pixels.
+
+    Each cut is a straight row or column of pixels from one of the hole's extreme traced pixels p (leftmost,
+    rightmost, top or bottom) to q, the last pixel before background: cv2.fillPoly paints the pixels under a
+    cut, so a cut over foreground only keeps the fill exact, and an axis-aligned run is the simplest way to
+    guarantee that. Holes too small to keep are filled, so cuts run through them as through foreground. The
+    background reached is outside the part or another hole, so each hole hangs from the outer ring or from
+    another hole, and the rings form a tree. Holes are ranked by leftmost x: a leftward cut can only reach a
+    hole of lower rank, so it is always usable, and any cut that reaches the outside or a lower-ranked hole
+    keeps the tree acyclic; of those, the shortest is taken (a short cut draws as a short hairline in the
+    studio's outline). The ring is then one walk of the tree (an explicit stack: chains of holes can be
+    thousands deep), entering each child at q on its parent and leaving back through q.
+
+    Everything is located along the traced contours rather than by geometry on the growing ring: q lies on
+    the traced contour of the region it borders (findContours traces exactly the part's pixels 4-adjacent to
+    that region), and its position there comes from one sorted lookup over the traced pixels. Each ring is
+    cut at its attachment points (a hole's own p and the q of each child) into open chains that are
+    simplified separately, so p and q are always exact vertices and the cuts stay zero-width at any
+    tolerance. All of it is vectorised over the holes: the plan costs O(n log n) in the traced contours' length
+    plus a few passes over the part's bounding box, once per part; ``ring(t)`` only re-simplifies the chains.
     """
-    ring = outer.astype(np.int64)
-    order = sorted(range(len(holes)), key=lambda k: int(holes[k][1][:, 0].min()))
-    # Checking the other cuts costs a pass over the ring per hole; past a few dozen holes (noisy masks) that
-    # grows quadratically, so only the always-usable leftward cut is taken.
-    shortest = len(holes) <= _MAX_HOLES_FOR_SHORTEST_CUT
-    for k in order:
-        simple, traced = holes[k]
-        best = None
-        for p, q, leftward in _cuts(traced, crop, offset):
-            if not shortest and not leftward:
-                continue
-            length = abs(int(q[0] - p[0])) + abs(int(q[1] - p[1]))
-            if best is not None and length >= best[0]:
-                continue
-            # q is on the boundary of the region the cut reaches; if that region's ring is already spliced
-            # in, q lies on the ring (within the tolerance it was simplified with).
-            if leftward or _distance_to_ring(ring, q) <= tol + 1e-6:
-                best = (length, p, q)
-        _, p, q = best
-        ring, iq = _insert_vertex(ring, q)
-        hole, ip = _insert_vertex(simple.astype(np.int64), p)
-        hole = np.roll(hole, -ip, axis=0)
-        ring = np.concatenate([ring[: iq + 1], hole, hole[:1], ring[iq:]])
-    if len(ring) > 3:
-        # Zero-length cuts (a 1-pixel wall) and vertices inserted onto existing ones repeat points: drop them.
+
+    def __init__(self, outer: np.ndarray, holes: list[np.ndarray]):
+        rings = _Rings([outer.reshape(-1, 2)] + [h.reshape(-1, 2) for h in holes])
+        n_rings, n_holes = len(rings.size), len(holes)
+        # Outer counter-clockwise on screen (negative signed area), holes clockwise: the non-zero rule also
+        # leaves holes empty. findContours traces them so already; traced rings here never have zero area.
+        self._sign = np.ones(n_rings)
+        self._sign[0] = -1
+        wrong = rings.area2 * self._sign < 0
+        if wrong.any():
+            rings.reverse(wrong)
+        pts, ring_of, first, size, steps = rings.pts, rings.ring, rings.first, rings.size, rings.steps
+        before = np.cumsum(steps) - steps
+        pos = before - np.repeat(before[first], size)  # each vertex's position (pixel steps) along its ring
+        length = np.add.reduceat(steps, first)
+
+        # Work in the part's bounding box. `solid`: the part's pixels with its small holes filled (cuts run
+        # through those as through the part); also the reference for min_iou. A hole's traced ring runs
+        # through the part's own pixels around it, so each kept hole is cleared and its ring drawn back.
+        # `label`, over the holes' bounding box and only read where cuts end: 1 + hole index on each hole.
+        x, y, w, h = cv2.boundingRect(outer)
+        local = pts - (x, y)
+        local32 = local.astype(np.int32).reshape(-1, 1, 2)  # for OpenCV's drawing functions
+        solid = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(solid, [local32[: size[0]]], 1, lineType=cv2.LINE_8)
+        hx, hy, hw, hh = cv2.boundingRect(local32[size[0] :])
+        label = np.zeros((hh, hw), np.uint16 if n_holes < 65536 else np.int32)
+        hole_rings = [local32[a : a + n] for a, n in zip(first[1:].tolist(), size[1:].tolist())]
+        for k, ring in enumerate(hole_rings):
+            cv2.fillPoly(solid, [ring], 0, lineType=cv2.LINE_8)
+            cv2.fillPoly(label, [ring], k + 1, lineType=cv2.LINE_8, offset=(-hx, -hy))
+        cv2.polylines(solid, hole_rings, True, 1, lineType=cv2.LINE_8)
+        self.solid = solid.view(bool)
+
+        # Candidate cuts: from each hole's extreme vertex p in each direction (its first such vertex) to the
+        # first pixel b beyond `solid`, by a binary search among the non-solid pixels of the rows (columns)
+        # the cuts run along, padded with one non-solid pixel at each end for walks that leave the box.
+        score = -(local @ _DIRECTIONS.T)  # (vertices, 4): lowest = farthest out in that direction
+        top = np.repeat(np.minimum.reduceat(score, first), size, axis=0) == score
+        index = np.where(top, np.arange(len(pts))[:, None], len(pts))
+        p_vertex = np.minimum.reduceat(index, first)[1:]  # (holes, 4)
+        p = local[p_vertex]  # (holes, 4, 2)
+        b = p.copy()
+        for axis, grid in ((0, self.solid), (1, self.solid.T)):
+            along = slice(2 * axis, 2 * axis + 2)  # the backward and the forward direction on this axis
+            line = p[:, along, 1 - axis]
+            used = np.zeros(len(grid), bool)
+            used[line] = True
+            strip = np.zeros((np.count_nonzero(used), grid.shape[1] + 2), bool)
+            strip[:, 1:-1] = grid[used]
+            gaps = np.flatnonzero(~strip)
+            line = (np.cumsum(used)[line] - 1) * strip.shape[1] + 1  # flat index in `strip` of coordinate 0
+            at = np.searchsorted(gaps, line + p[:, along, axis]) - (1, 0)
+            b[:, along, axis] = gaps[at] - line
+        in_label = b - (hx, hy)
+        seen = ((in_label >= 0) & (in_label < (hw, hh))).all(axis=2)
+        in_label[~seen] = 0
+        target = np.where(seen, label[in_label[..., 1], in_label[..., 0]], 0).astype(np.int64) - 1  # -1: outside
+        rank = np.empty(n_holes, np.int64)
+        rank[np.argsort(p[:, 0, 0], kind="stable")] = np.arange(n_holes)
+        usable = (target < 0) | (rank[np.maximum(target, 0)] < rank[:, None])
+        cut_len = np.abs(b - p).sum(axis=2)  # at most w + h: an unusable cut is made longer than that
+        choice = np.argmin(np.where(usable, cut_len, w + h + 1), axis=1)
+        pick = np.arange(n_holes), choice
+        q = b[pick] - _DIRECTIONS[choice]
+        parent = target[pick] + 1  # ring index: 0 is the outer ring, 1 + k is hole k
+
+        # q's position along its parent's traced ring: expand the parents' rings to every pixel they visit
+        # and look each q up by (ring, pixel).
+        is_parent = np.zeros(n_rings, bool)
+        is_parent[parent] = True
+        vertex = np.flatnonzero(is_parent[ring_of])
+        reps = np.maximum(steps[vertex], 1)
+        vertex = np.repeat(vertex, reps)
+        offset = np.arange(len(vertex)) - np.repeat(np.cumsum(reps) - reps, reps)
+        pixel = local[vertex] + offset[:, None] * np.sign(rings.nxt[vertex] - pts[vertex])
+        keys = (ring_of[vertex] * h + pixel[:, 1]) * w + pixel[:, 0]
+        order = np.argsort(keys)  # a pixel a ring visits twice: either visit will do
+        wanted = (parent * h + q[:, 1]) * w + q[:, 0]
+        at = order[np.minimum(np.searchsorted(keys[order], wanted), len(order) - 1)]
+        if not np.array_equal(keys[at], wanted):
+            raise RuntimeError("keyhole: a cut's end is not on its region's traced contour")
+        q_pos = pos[vertex[at]] + offset[at]
+
+        # Each ring from its start (a hole's p, the outer ring's first vertex) back to it, with its children's
+        # q inserted where they lie along it: sort the vertices and the q by (ring, position from the start),
+        # plus a closing copy of each start. Chains run from one q (or the start) to the next (or the close).
+        start = np.zeros(n_rings, np.int64)  # each ring's start vertex
+        start[1:] = p_vertex[pick]
+        origin = pos[start]
+        ring_at = np.concatenate([ring_of, parent, np.arange(n_rings)])
+        from_start = np.concatenate([(pos - origin[ring_of]) % length[ring_of],
+                                     (q_pos - origin[parent]) % length[parent], length])
+        # Sort key: ring, then position from the start, then vertex (0) before q (1) before the close (2).
+        kind = np.concatenate([np.zeros(len(pts), np.int64), np.ones(n_holes, np.int64), np.full(n_rings, 2)])
+        order = np.argsort((ring_at * (length.max() + 1) + from_start) * 3 + kind)
+        seq = np.concatenate([pts, q + (x, y), pts[start]])[order].astype(np.int32)
+        kind = kind[order]
+        ends = np.flatnonzero(kind)
+        # A chain begins where the one before it ends, or just after it if that one closed its ring.
+        begins = np.concatenate([[0], ends[:-1] + (kind[ends[:-1]] == 2)])
+        self._chains = [seq[a : e + 1] for a, e in zip(begins.tolist(), ends.tolist())]
+        self._closed = (seq[begins] == seq[ends]).all(axis=1).tolist()  # a whole ring cut at a single point
+        self._chain_ring = ring_at[order[ends]]
+
+        # The walk: each chain, then (if it ends at a child's q) the child's whole ring, then the next chain.
+        n_chains = np.bincount(parent, minlength=n_rings) + 1
+        first_chain = (np.cumsum(n_chains) - n_chains).tolist()
+        # The child ring entered where each chain ends (q number k belongs to hole k, ring k + 1), 0 if none.
+        then = np.where(kind[ends] == 1, order[ends] - len(pts) + 1, 0).tolist()
+        walk, stack = [], [0]
+        while stack:
+            c = stack.pop()
+            walk.append(c)
+            if then[c]:
+                stack.append(c + 1)
+                stack.append(first_chain[then[c]])
+        self._walk = walk
+
+    def ring(self, tol: float) -> np.ndarray:
+        """The keyhole ring, each chain simplified with Douglas-Peucker ``tol`` (0: the traced ring)."""
+        chains = self._chains
+        if tol > 0:
+            simple = [_simplify_chain(c, tol, closed) for c, closed in zip(chains, self._closed)]
+            # A ring that DP collapses (zero area) or turns inside out keeps its traced chains, as _simplify
+            # keeps a traced ring.
+            sizes = np.fromiter(map(len, simple), np.int64, len(simple))
+            flat = np.concatenate(simple).astype(np.int64)
+            cross = np.append(flat[:-1, 0] * flat[1:, 1] - flat[1:, 0] * flat[:-1, 1], 0)
+            cross[np.cumsum(sizes) - 1] = 0  # a chain's last point and the next chain's first: no edge
+            area2 = np.bincount(np.repeat(self._chain_ring, sizes), cross.astype(np.float64),
+                                minlength=len(self._sign))
+            bad = (area2 * self._sign <= 0)[self._chain_ring]
+            chains = [c if b else s for c, s, b in zip(chains, simple, bad.tolist())]
+        ring = np.concatenate([chains[i] for i in self._walk]).astype(np.int64)
+        # Zero-length cuts (a 1-pixel wall) and chains ending where the next starts repeat points: drop them.
         keep = np.any(ring != np.roll(ring, 1, axis=0), axis=1)
-        if keep.sum() >= 3:
-            ring = ring[keep]
-    return ring
+        return ring[keep] if keep.sum() >= 3 else ring
 
 
-_MAX_HOLES_FOR_SHORTEST_CUT = 32
+def _simplify_chain(chain: np.ndarray, tol: float, closed: bool) -> np.ndarray:
+    """Douglas-Peucker of an open int32 chain, keeping both ends.
 
-
-def _cuts(traced: np.ndarray, crop: np.ndarray, offset: tuple):
-    """Candidate cuts (p, q, is_leftward) from a hole's extreme traced pixels straight out through foreground.
-
-    p is a pixel on the hole's traced boundary, q the last foreground pixel walking away from the hole.
-    The crop is padded with background, so every walk ends inside it.
+    A chain that ends where it starts (a whole ring cut at a single point) is first split at its point
+    farthest from there: DP measures distances from the end-to-end chord, which would be a single point.
     """
-    ox, oy = offset
-    for axis, sign in ((0, -1), (0, 1), (1, -1), (1, 1)):
-        i = int(traced[:, axis].argmin() if sign < 0 else traced[:, axis].argmax())
-        x, y = int(traced[i, 0]), int(traced[i, 1])
-        cx, cy = x - ox, y - oy
-        if axis == 0:
-            line = crop[cy, cx::-1] if sign < 0 else crop[cy, cx:]
-        else:
-            line = crop[cy::-1, cx] if sign < 0 else crop[cy:, cx]
-        run = int(line.argmin())  # first background pixel; line[0] is p itself (foreground)
-        step = (run - 1) * sign
-        q = (x + step, y) if axis == 0 else (x, y + step)
-        yield np.array([x, y], np.int64), np.array(q, np.int64), axis == 0 and sign < 0
-
-
-def _distance_to_ring(ring: np.ndarray, q: np.ndarray) -> float:
-    """Distance from point q to the closed polyline ``ring``."""
-    return float(np.sqrt(_segment_d2(ring, q).min()))
-
-
-def _segment_d2(ring: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Squared distance from q to each edge ring[i] -> ring[i+1] (closing edge included)."""
-    a = ring.astype(np.float64)
-    d = np.roll(a, -1, axis=0) - a
-    len2 = (d**2).sum(axis=1)
-    t = np.clip(((q - a) * d).sum(axis=1) / np.where(len2 > 0, len2, 1.0), 0.0, 1.0)
-    return (((a + t[:, None] * d) - q) ** 2).sum(axis=1)
-
-
-def _insert_vertex(ring: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, int]:
-    """Ring with q as a vertex (on its nearest edge unless already a vertex), and q's index."""
-    same = np.flatnonzero((ring == q).all(axis=1))
-    if same.size:
-        return ring, int(same[0])
-    e = int(_segment_d2(ring, q).argmin())
-    return np.insert(ring, e + 1, q, axis=0), e + 1
+    if len(chain) <= 2:
+        return chain
+    if closed:
+        far = int(((chain - chain[0]).astype(np.int64) ** 2).sum(axis=1).argmax())
+        if far == 0:
+            return chain[[0, -1]]
+        head = cv2.approxPolyDP(chain[: far + 1], tol, False).reshape(-1, 2)
+        tail = cv2.approxPolyDP(chain[far:], tol, False).reshape(-1, 2)
+        return np.concatenate([head, tail[1:]])
+    return cv2.approxPolyDP(chain, tol, False).reshape(-1, 2)
 
 
 def polygons_to_mask(polygons: Sequence, height: int, width: int) -> np.ndarray:

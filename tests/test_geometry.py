@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
+from sam2_adapter import geometry
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import (
     DEFAULT_MIN_IOU,
@@ -223,6 +224,108 @@ def test_parts_touching_the_image_border_round_trip():
     mask[0, 30:40] = True
     polys = mask_to_polygons(mask, tolerance=0, min_area=0)
     assert np.array_equal(polygons_to_mask(polys, 50, 70), mask)
+
+
+def many_holes_mask() -> np.ndarray:
+    """One large part holding thousands of holes, as a noisy (random-weight) model's output has.
+
+    Top: a grid of 3x3 holes behind 1-pixel walls, so every hole's leftward cut ends in the hole to its left
+    and holes hang from holes in chains across the grid. Below: blurred noise, i.e. ragged holes of every
+    size (pin-holes included), holes touching diagonally, islands inside holes and specks.
+    """
+    m = np.zeros((260, 700), np.uint8)
+    m[10:250, 10:690] = 1
+    for y in range(20, 120, 4):
+        for x in range(20, 680, 4):
+            m[y : y + 3, x : x + 3] = 0
+    rng = np.random.default_rng(3)
+    m[130:240, 20:680] = cv2.GaussianBlur(rng.random((110, 660)).astype(np.float32), (0, 0), 1.2) > 0.47
+    return m.astype(bool)
+
+
+def holes_of(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """4-connected background labels of ``mask`` and the labels of its holes (those off the image border)."""
+    n, labels = cv2.connectedComponents((~mask).view(np.uint8), connectivity=4)
+    outside = set(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]).tolist())
+    return labels, [k for k in range(1, n) if k not in outside]
+
+
+def test_thousands_of_holes_round_trip():
+    mask = many_holes_mask()
+    h, w = mask.shape
+    _, holes = holes_of(mask)
+    assert len(holes) > 4000
+    exact = mask_to_polygons(mask, tolerance=0, min_area=0, min_hole_area=0)
+    assert len(exact) == n_parts(mask)
+    assert np.array_equal(polygons_to_mask(exact, h, w), mask)
+    simple = mask_to_polygons(mask, min_area=0, min_hole_area=0)
+    assert len(simple) == n_parts(mask)
+    assert mask_iou(polygons_to_mask(simple, h, w), mask) >= DEFAULT_MIN_IOU
+    # Default speck and hole sizes: the same fidelity against the exact rings for those sizes.
+    reference = polygons_to_mask(mask_to_polygons(mask, tolerance=0), h, w)
+    assert mask_iou(polygons_to_mask(mask_to_polygons(mask), h, w), reference) >= DEFAULT_MIN_IOU
+
+
+def test_many_holes_one_ring_per_part_and_every_hole_empty():
+    mask = many_holes_mask()
+    h, w = mask.shape
+    labels, holes = holes_of(mask)
+    for tolerance in (0, 1):
+        polys = mask_to_polygons(mask, tolerance=tolerance, min_area=0, min_hole_area=0)
+        assert len(polys) == n_parts(mask), tolerance
+        back = polygons_to_mask(polys, h, w)
+        empty = np.bincount(labels[~back], minlength=labels.max() + 1)
+        size = np.bincount(labels.ravel(), minlength=labels.max() + 1)
+        if tolerance == 0:
+            assert all(empty[k] == size[k] for k in holes)
+        else:  # Douglas-Peucker may shave corners off a hole, but every hole stays (partly) empty
+            assert all(empty[k] > 0 for k in holes)
+    # The big part's single ring leaves its holes empty under the non-zero rule (an HTML canvas) too.
+    ring = mask_to_polygons(mask, tolerance=0, min_hole_area=0)[0]
+    rng = np.random.default_rng(0)
+    for k in rng.choice(holes, 25, replace=False):
+        y, x = np.argwhere(labels == k)[0]
+        assert winding_number(ring, x + 0.3, y + 0.2) == 0, k
+    inner = cv2.erode(mask.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)  # off every boundary
+    for y, x in np.argwhere(inner)[::1999]:
+        assert abs(winding_number(ring, x + 0.3, y + 0.2)) == 1, (x, y)
+
+
+def test_a_chain_of_thousands_of_holes():
+    """Each hole's cut ends in the hole before it: one chain 3000 deep, well past Python's recursion limit."""
+    mask = np.zeros((9, 4 * 3000 + 6), bool)
+    mask[1:8, 1:-1] = True
+    for k in range(3000):
+        mask[3:6, 3 + 4 * k : 6 + 4 * k] = False
+    polys = mask_to_polygons(mask, tolerance=0)
+    assert len(polys) == 1
+    assert np.array_equal(polygons_to_mask(polys, *mask.shape), mask)
+    assert mask_iou(polygons_to_mask(mask_to_polygons(mask), *mask.shape), mask) >= DEFAULT_MIN_IOU
+
+
+def test_a_cut_across_a_filled_pin_hole_adds_no_pixels():
+    """Holes below min_hole_area are filled, so a cut runs across one as across the part's own pixels."""
+    mask = np.zeros((60, 60), bool)
+    mask[5:55, 5:55] = True
+    mask[28:33, 12:17] = False  # a kept hole near the left edge: its shortest cut runs left, along row 28...
+    mask[28, 9] = False  # ...across this 1-pixel hole, which is filled by default
+    expected = mask.copy()
+    expected[28, 9] = True
+    assert np.array_equal(polygons_to_mask(mask_to_polygons(mask, tolerance=0), 60, 60), expected)
+    assert mask_iou(polygons_to_mask(mask_to_polygons(mask), 60, 60), expected) >= DEFAULT_MIN_IOU
+
+
+def test_holed_part_rings_come_out_oriented_whichever_way_they_are_traced():
+    mask = shapes(200)["disc, two holes"]
+    contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    outer = max(contours, key=cv2.contourArea)
+    holes = [c for c in contours if c is not outer]
+    as_traced = geometry._part_ring(outer, holes, 0.0, 0.0)
+    reversed_ = geometry._part_ring(outer[::-1].copy(), [c[::-1].copy() for c in holes], 0.0, 0.0)
+    for ring in (as_traced, reversed_):
+        assert np.array_equal(polygons_to_mask([ring], 200, 200), mask)
+        assert cv2.contourArea(ring.astype(np.float32), oriented=True) < 0  # counter-clockwise on screen
+        assert winding_number(ring, 200 * 0.33 + 0.3, 100.2) == 0  # inside a hole
 
 
 def test_polygon_and_mask_input_errors():
