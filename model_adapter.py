@@ -46,23 +46,26 @@ class CroppedSegmentation(FastSegmentation):
     """A tracked mask kept as its crop and expanded to the whole frame only when dtlpy asks for it.
 
     A video annotation holds a mask on every frame; full-frame copies would cost H x W bytes a frame (2 MB at
-    1080p) until the annotation is serialised. dtlpy serialises each frame two or three times (its frame
-    comparison, then `to_json`), so the PNG is encoded once per colour. `crop=None` is the empty mask of a
-    frame where the object is absent.
+    1080p) until the annotation is serialised, and a batch job keeps a whole video's masks of every annotation
+    until its upload, so the crop is kept packed, 1 bit a pixel. dtlpy serialises each frame two or three times
+    (its frame comparison, then `to_json`), so the PNG is encoded once per colour. `crop=None` is the empty mask
+    of a frame where the object is absent.
     """
 
     def __init__(self, crop: np.ndarray | None, origin: tuple[int, int] | None, image_hw: tuple[int, int],
                  label: str, attributes=None):
         super().__init__(geo=None, label=label, attributes=attributes)
-        self._crop, self._origin, self._image_hw = crop, origin, tuple(image_hw)
+        self._shape = None if crop is None else crop.shape
+        self._bits = None if crop is None else np.packbits(np.asarray(crop, dtype=bool), axis=None)
+        self._origin, self._image_hw = origin, tuple(image_hw)
         self._encoded: tuple[tuple, str] | None = None
 
     @property
     def geo(self) -> np.ndarray:
         mask = np.zeros(self._image_hw, dtype=bool)
-        if self._crop is not None:
-            x0, y0 = self._origin
-            mask[y0:y0 + self._crop.shape[0], x0:x0 + self._crop.shape[1]] = self._crop
+        if self._bits is not None:
+            (h, w), (x0, y0) = self._shape, self._origin
+            mask[y0:y0 + h, x0:x0 + w] = np.unpackbits(self._bits, count=h * w).reshape(h, w).astype(bool)
         return mask
 
     def to_coordinates(self, color=None):
@@ -218,40 +221,80 @@ class ModelAdapter(dl.BaseModelAdapter):
         tracks, failures = _video_tracks(item, annotations)
         results = []
         if tracks:
-            with tempfile.TemporaryDirectory(prefix="sam2-track-") as folder, \
-                    VideoTracker(self.model, _download_video(item, folder),
-                                 mask_threshold=self.settings.mask_threshold) as tracker:
-                failures += _add_video_prompts(tracker, tracks)
-                tracks = [t for t in tracks if t.key in tracker.object_ids]
-                if tracks:
-                    failures += self._follow(tracker, tracks, direction, max_frames, progress)
-                builder = item.annotations.builder()
-                for track, object_id in zip(tracks, _object_ids(tracks)):
-                    results.append(self._video_annotation(builder, track, object_id, (tracker.height, tracker.width)))
+            with tempfile.TemporaryDirectory(prefix="sam2-track-") as folder:
+                tracked, problems = self._track_annotations(item, _download_video(item, folder), tracks, direction,
+                                                            max_frames, progress=progress)
+            failures += problems
+            results = [{**annotation.to_json(), "id": track.source.id} for track, annotation in tracked]
         for failure in failures:
             self._report(item, f"item {item.id}: {failure}")
         if progress is not None and failures:
             progress.update(message=f"{len(failures)} problems while tracking: " + "; ".join(failures))
         return results
 
+    def _track_annotations(self, item: dl.Item, video: str, tracks: list["VideoTrack"], direction: str,
+                           max_frames: int | None, kinds: Sequence[str] | None = None,
+                           progress=None) -> tuple[list[tuple["VideoTrack", dl.Annotation]], list[str]]:
+        """Tracks annotations of `item` through its local video file and builds their video annotations: the one
+        mechanism behind `track_video` and batch jobs on videos.
+
+        kinds: None: each annotation comes back in its own type, its drawn frames kept as drawn (`track_video`);
+            else annotation types (`binary`, `segment`): each annotation comes back once per type, with SAM 2's
+            own result on the drawn frames too (still `fixed`), its model and confidence in the metadata.
+        Returns (track, annotation) pairs in the order of `tracks` and what could not be done, per annotation
+        (with its id and frame) or frame.
+        """
+        with VideoTracker(self.model, video, mask_threshold=self.settings.mask_threshold) as tracker:
+            failures = _add_video_prompts(tracker, tracks)
+            tracks = [t for t in tracks if t.key in tracker.object_ids]
+            for track in tracks:
+                track.kinds = (track.type,) if kinds is None else tuple(kinds)
+                track.keep_drawn = kinds is None
+            if tracks:
+                failures += self._follow(tracker, tracks, direction, max_frames, progress)
+            image_hw = (tracker.height, tracker.width)
+        results = []
+        for track, object_id in zip(tracks, _object_ids(tracks)):
+            seen = track.keep_drawn or any(score is not None for score in track.scores.values())
+            if not track.keep_drawn:  # SAM 2's result stands for the drawing: say where it has none
+                failures += [f"annotation {track.source.id}, frame {t}: SAM 2 finds no object where it is drawn"
+                             for t in sorted(track.drawn) if track.scores.get(t) is None]
+            if not seen:
+                failures.append(f"annotation {track.source.id}: SAM 2 finds the object on no frame (nothing returned)")
+            for kind in track.kinds:
+                annotation = self._video_annotation(item, track, kind, object_id, image_hw)
+                if annotation is not None:
+                    results.append((track, annotation))
+                elif seen:  # masks everywhere, but none with a part above polygon_min_area
+                    failures.append(f"annotation {track.source.id}: every mask is under polygon_min_area "
+                                    f"({self.settings.polygon_min_area:g} pixels), no polygon")
+        return results, failures
+
     def _follow(self, tracker: VideoTracker, tracks: list["VideoTrack"], direction: str, max_frames: int | None,
                 progress) -> list[str]:
         """Tracks every annotation through the frames it asked for, one pass per stretch of frames and direction
         (annotations far apart do not make the frames between them tracked); each keeps only the frames of its
-        own span in each direction. Returns the frames that could not be decoded."""
+        own span in each direction, as definitions of each of its `kinds` (drawn frames too, unless it keeps them
+        as drawn). Returns the frames that could not be decoded."""
         for track in tracks:
             track.spans = _tracking_spans(sorted(track.drawn), direction, max_frames, tracker.num_frames)
         skipped = []
         for going, frame in self._propagate(tracker, _tracking_passes(tracks), progress):
+            t = frame.frame_idx
             if frame.skipped:
-                skipped.append(f"frame {frame.frame_idx} skipped: {frame.error}")
+                skipped.append(f"frame {t} skipped: {frame.error}")
                 continue
             for track in tracks:
                 first, last = track.spans.get(going, (1, 0))
-                if first <= frame.frame_idx <= last and frame.frame_idx not in track.drawn:
-                    drawn = track.drawn_before(frame.frame_idx)
-                    track.tracked[frame.frame_idx] = self._tracked_definition(
-                        frame.objects[track.key], track.type, drawn.label, drawn.attributes)
+                if not first <= t <= last:
+                    continue
+                obj = frame.objects[track.key]
+                track.scores[t] = obj.object_score if obj.visible else None
+                if track.keep_drawn and t in track.drawn:
+                    continue
+                values = track.drawn_before(t)
+                track.tracked[t] = {kind: self._tracked_definition(obj, kind, values.label, values.attributes)
+                                    for kind in track.kinds}
         return skipped
 
     def _propagate(self, tracker: VideoTracker, passes: list[tuple[int, str, int]],
@@ -284,76 +327,136 @@ class ModelAdapter(dl.BaseModelAdapter):
                               attributes=attributes)
         return CroppedSegmentation(obj.crop, obj.origin, obj.image_hw, label, attributes)
 
-    def _video_annotation(self, builder: dl.AnnotationCollection, track: "VideoTrack", object_id: str,
-                          image_hw: tuple[int, int]) -> dict:
-        """The track as one video annotation JSON with the source's id: its drawn frames (fixed) and the tracked
-        ones, from the first frame where the object is seen.
+    def _video_annotation(self, item: dl.Item, track: "VideoTrack", kind: str, object_id: str,
+                          image_hw: tuple[int, int]) -> dl.Annotation | None:
+        """The track as one video annotation of type `kind`, from the first frame where the object is seen:
+        drawn frames `fixed` (as drawn, or SAM 2's result there), tracked ones not; frames where it is absent
+        not visible, with an empty shape. None when it is seen on no frame.
 
         The drawn frames go in first: dtlpy wants every frame's definition to be an instance of the first one's
         class, and a tracked mask (`CroppedSegmentation`) is a `dl.Segmentation`, not the other way round."""
-        seen = min([*track.drawn, *(t for t, definition in track.tracked.items() if definition is not None)])
+        frames = {t: definitions[kind] for t, definitions in track.tracked.items()}
+        if track.keep_drawn:
+            frames.update(track.drawn)
+        visible = sorted(t for t, definition in frames.items() if definition is not None)
+        if not visible:
+            return None
         metadata = _metadata(track.source)
-        for t in sorted(track.drawn):
-            builder.add(annotation_definition=track.drawn[t], object_id=object_id, frame_num=t, fixed=True,
-                        automated=True, metadata=metadata)
-        for t in sorted(f for f in track.tracked if f >= seen):
-            definition = track.tracked[t]
+        model_info = None
+        if not track.keep_drawn:  # a model's result: its name and confidence, as for images
+            scores = [track.scores[t] for t in visible if track.scores.get(t) is not None]
+            confidence = float(np.mean(1.0 / (1.0 + np.exp(-np.asarray(scores))))) if scores else 0.0
+            model_info = {"name": self._model_label, "confidence": round(confidence, 4)}
+        builder = item.annotations.builder()
+        order = sorted((t for t in frames if t >= visible[0]), key=lambda t: (t not in track.drawn, t))
+        for t in order:
+            definition = frames[t]
             if definition is None:
-                drawn = track.drawn_before(t)
-                definition = _absent_definition(track.type, drawn.label, drawn.attributes, image_hw)
-            builder.add(annotation_definition=definition, object_id=object_id, frame_num=t, fixed=False,
-                        object_visible=track.tracked[t] is not None, automated=True, metadata=metadata)
-        annotation = next(a for a in builder.annotations if a.object_id == object_id)
-        return {**annotation.to_json(), "id": track.source.id}
+                values = track.drawn_before(t)
+                definition = _absent_definition(kind, values.label, values.attributes, image_hw)
+            builder.add(annotation_definition=definition, object_id=object_id, frame_num=t, fixed=t in track.drawn,
+                        object_visible=frames[t] is not None, automated=True, metadata=metadata,
+                        model_info=model_info)
+        return builder.annotations[0]
 
     # -- batch jobs (predict_items / predict_dataset) ------------------------------------------------------------
     def prepare_item_func(self, item: dl.Item) -> "PreparedItem":
-        """Runs in the base class's prefetch threads: downloads and decodes the image and lists its box
-        annotations, so that `predict` only computes. A failure is carried to `predict`, never raised here
-        (it would fail the whole batch)."""
+        """Runs in the base class's prefetch threads, so that `predict` only computes: an image is downloaded and
+        decoded and its boxes listed; a video's box, polygon and mask annotations are listed and, when there are
+        any, the video is downloaded to a temporary folder that `predict` deletes once the item is done. A
+        failure is carried to `predict`, never raised here (it would fail the whole batch)."""
+        prepared = PreparedItem(item)
         try:
-            if item.mimetype and not item.mimetype.startswith("image/"):
-                raise InputError(f"item {item.id} is {item.mimetype}; batch jobs take images")
-            boxes = [a for a in item.annotations.list() if a.type in BOX_TYPES]
-            return PreparedItem(item, _download_image(item), boxes)
+            mimetype = item.mimetype or ""
+            if mimetype.startswith("video/"):
+                model_name = self._model_entity.name if self._model_entity is not None else None
+                prepared.tracks, prepared.failures = _video_tracks(item, None, skip_predictions=True,
+                                                                   model_name=model_name)
+                if prepared.tracks:
+                    prepared.folder = tempfile.TemporaryDirectory(prefix="sam2-batch-")
+                    prepared.video = _download_video(item, prepared.folder.name)
+                return prepared
+            if mimetype and not mimetype.startswith("image/"):
+                raise InputError(f"item {item.id} is {mimetype}; batch jobs take images and videos")
+            prepared.boxes = [a for a in item.annotations.list() if a.type in BOX_TYPES]
+            prepared.image = _download_image(item)
         except InputError as error:
-            return PreparedItem(item, None, [], str(error))
+            prepared.fail(str(error))
         except Exception as error:  # network or platform errors of this item only
-            return PreparedItem(item, None, [], f"item {item.id}: {type(error).__name__}: {error}")
+            prepared.fail(f"item {item.id}: {type(error).__name__}: {error}")
+        return prepared
 
     def predict(self, batch: list, **kwargs) -> list:
         """One collection of new annotations per prepared item, in the batch's order. Items that fail or give no
-        mask get an empty list and a line in `self.report` (and the log); the rest of the batch goes on."""
-        self._ready()
-        usable = [p for p in batch if p.image is not None]
-        if usable:  # one encoder batch for the images of this batch
-            for prepared, features in zip(usable, self.segmenter.encode_many([p.image for p in usable])):
-                prepared.features = features
-        return [self._predict_item(prepared) for prepared in batch]
+        mask get an empty list and a line in `self.report` (and the log); the rest of the batch goes on. Every
+        item's temporary files are deleted when it is done, whatever happens."""
+        try:
+            self._ready()
+            usable = [p for p in batch if p.image is not None]
+            if usable:  # one encoder batch for the images of this batch
+                for prepared, features in zip(usable, self.segmenter.encode_many([p.image for p in usable])):
+                    prepared.features = features
+            return [self._predict_item(prepared) for prepared in batch]
+        finally:
+            for prepared in batch:
+                prepared.release()
 
     def _predict_item(self, prepared: "PreparedItem") -> dl.AnnotationCollection:
         item = prepared.item
         builder = item.annotations.builder()
-        if prepared.error:
-            self._report(item, prepared.error)
-            return builder
+        try:
+            if prepared.error:
+                self._report(item, prepared.error)
+            elif prepared.is_video:
+                self._predict_video(prepared, builder)
+            else:
+                self._predict_image(prepared, builder)
+        except Exception as error:  # this item's results are lost, not the batch's
+            if not isinstance(error, InputError):
+                log.exception("item %s", item.id)
+            builder = item.annotations.builder()
+            message = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
+            self._report(item, message if message.startswith(f"item {item.id}") else f"item {item.id}: {message}")
+        finally:
+            prepared.release()  # the batch's features and the video are not kept past their item
+        return builder
+
+    def _predict_image(self, prepared: "PreparedItem", builder: dl.AnnotationCollection) -> None:
+        item = prepared.item
         if not prepared.boxes:
             if self.settings.no_prompts == "skip":
                 self._report(item, f"item {item.id}: no box annotations to convert (skipped)")
-                return builder
+                return
             for proposal in propose_masks(self.segmenter, prepared.features, self.settings.proposals()):
                 self._add_results(builder, proposal, "object", {}, {"user": {"sam2": {"proposal": True}}})
             if not builder.annotations:
                 self._report(item, f"item {item.id}: no proposals passed the filters")
-            return builder
+            return
         prompts = [_box_prompt(a) for a in prepared.boxes]
         for source, outcome in zip(prepared.boxes, segment_box_prompts(self.segmenter, prepared.features, prompts)):
             if isinstance(outcome, InputError):
                 self._report(item, str(outcome))
                 continue
             self._add_results(builder, outcome, source.label, source.attributes, _metadata(source))
-        prepared.features = None  # the batch's features are not kept past their item
-        return builder
+
+    def _predict_video(self, prepared: "PreparedItem", builder: dl.AnnotationCollection) -> None:
+        """Every box, polygon and mask annotation of a video followed both ways from its drawn frames (the whole
+        video, or `video_max_frames` each way), as one video annotation per source and output type."""
+        item = prepared.item
+        failures = list(prepared.failures)
+        if prepared.tracks:
+            kinds = _OUTPUT_KINDS[self.settings.output_type]
+            max_frames = self.settings.video_max_frames or None
+            log.info("item %s: tracking %d annotations", item.id, len(prepared.tracks))
+            tracked, problems = self._track_annotations(item, prepared.video, prepared.tracks, "both", max_frames,
+                                                        kinds=kinds)
+            failures += problems
+            builder.annotations.extend(annotation for _, annotation in tracked)
+        elif not failures:
+            self._report(item, f"item {item.id}: no box, polygon or mask annotations to track (skipped; "
+                               f"no proposals on videos)")
+        for failure in failures:
+            self._report(item, f"item {item.id}: {failure}")
 
     def _add_results(self, builder, result: MaskResult, label, attributes, metadata: dict) -> None:
         kinds = ("segmentation", "polygon") if self.settings.output_type == "both" else (self.settings.output_type,)
@@ -432,13 +535,37 @@ class ModelAdapter(dl.BaseModelAdapter):
 
 @dataclass
 class PreparedItem:
-    """What `prepare_item_func` hands to `predict`: the item, its pixels and box annotations, or why not."""
+    """What `prepare_item_func` hands to `predict`: an image's pixels and boxes, or a video's downloaded file and
+    the annotations to track (with those that cannot be, and why), or why the item cannot be predicted."""
 
     item: dl.Item
-    image: np.ndarray | None
-    boxes: list
+    image: np.ndarray | None = None
+    boxes: list = field(default_factory=list)
     error: str | None = None
     features: Any = None
+    tracks: list["VideoTrack"] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    video: str | None = None
+    folder: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return (self.item.mimetype or "").startswith("video/")
+
+    def fail(self, error: str) -> None:
+        self.error = error
+        self.release()
+
+    def release(self) -> None:
+        """Drops the pixels and features and deletes the downloaded video; safe to call more than once."""
+        self.image = self.features = self.video = None
+        folder, self.folder = self.folder, None
+        if folder is not None:
+            folder.cleanup()
+
+
+# Batch jobs on videos: the annotation types of each `output_type` (one video annotation per source and type).
+_OUTPUT_KINDS = {"segmentation": ("binary",), "polygon": ("segment",), "both": ("binary", "segment")}
 
 
 def _box_prompt(annotation: dl.Annotation) -> BoxPrompt:
@@ -492,16 +619,23 @@ class VideoTrack:
     """One annotation followed through a video.
 
     key: the tracker's object id (the annotation's id).
-    drawn: {frame: definition} where the annotation is drawn: the prompts, kept as they are in the result.
+    drawn: {frame: definition} where the annotation is drawn: the prompts.
+    kinds: the annotation types it comes back as (its own type for `track_video`; the job's output in batch jobs).
+    keep_drawn: the drawn frames come back as drawn (`track_video`), not as SAM 2's result there (batch jobs).
     spans: {direction: (first, last)} frames this annotation takes from the passes in that direction.
-    tracked: {frame: definition, or None where SAM 2 says the object is absent}.
+    tracked: {frame: {kind: definition, or None where SAM 2 says the object is absent}}; drawn frames only
+        when they are not kept as drawn.
+    scores: {frame: SAM 2's object score logit, or None where the object is absent} over its spans.
     """
 
     key: str
     source: dl.Annotation
     drawn: dict[int, Any]
+    kinds: tuple[str, ...] = ()
+    keep_drawn: bool = True
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)
-    tracked: dict[int, Any] = field(default_factory=dict)
+    tracked: dict[int, dict[str, Any]] = field(default_factory=dict)
+    scores: dict[int, float | None] = field(default_factory=dict)
 
     @property
     def type(self) -> str:
@@ -521,16 +655,20 @@ def _check_video_item(item: dl.Item) -> None:
         raise InputError(f"item {item.id} is {item.mimetype}, not a video")
 
 
-def _video_tracks(item: dl.Item, annotations: Iterable | None) -> tuple[list[VideoTrack], list[str]]:
+def _video_tracks(item: dl.Item, annotations: Iterable | None, skip_predictions: bool = False,
+                  model_name: str | None = None) -> tuple[list[VideoTrack], list[str]]:
     """The annotations to track and, for the others, why not. `annotations=None` takes the item's own boxes,
-    polygons and masks; other types are passed over silently there, but reported when asked for by name."""
+    polygons and masks; other types are passed over silently there, but reported when asked for by name.
+    `skip_predictions` (batch jobs): the item's own annotations that are predictions, of the model `model_name`
+    or made from another annotation by SAM 2, are no prompts (a job run again would track its earlier results)."""
     own = annotations is None
     sources = item.annotations.list() if own else annotations
     tracks, failures, seen = [], [], set()
     for n, source in enumerate(sources or []):
         try:
             annotation = _parse_annotation(source, item)
-            if own and annotation.type not in TRACKED_TYPES:
+            if own and (annotation.type not in TRACKED_TYPES
+                        or (skip_predictions and _is_prediction(annotation, model_name))):
                 continue
             key = annotation.id or f"#{n}"
             if key in seen:
@@ -540,6 +678,20 @@ def _video_tracks(item: dl.Item, annotations: Iterable | None) -> tuple[list[Vid
         except InputError as error:
             failures.append(str(error))
     return tracks, failures
+
+
+def _is_prediction(annotation: dl.Annotation, model_name: str | None) -> bool:
+    """A prediction of the model `model_name` (which the base class deletes before uploading new ones), or an
+    annotation SAM 2 made from another one (a batch job's result; `track_video` keeps the source's own id)."""
+    metadata = annotation.metadata or {}
+    for scope in ("user", "system"):
+        if model_name and ((metadata.get(scope) or {}).get("model") or {}).get("name") == model_name:
+            return True
+    sam2 = (metadata.get("user") or {}).get("sam2") or {}
+    if sam2.get("proposal"):
+        return True
+    source = sam2.get("source_annotation_id")
+    return source is not None and source != annotation.id
 
 
 def _drawn_frames(annotation: dl.Annotation) -> dict[int, Any]:

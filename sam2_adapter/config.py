@@ -50,9 +50,14 @@ class Settings:
     output_type: str = "segmentation"
     """Batch jobs (predict_items / predict_dataset): `segmentation` (binary masks), `polygon`, or `both`."""
     replace_boxes: bool = False
-    """Batch jobs: delete each source box once its mask is uploaded (default: keep the boxes)."""
+    """Batch jobs: delete each source box (on videos, each tracked box, polygon or mask) once its results are
+    uploaded (default: keep the sources)."""
     no_prompts: str = "skip"
-    """Batch jobs, items without boxes: `skip` (reported) or `propose` (automatic mask proposals)."""
+    """Batch jobs, images without boxes: `skip` (reported) or `propose` (automatic mask proposals). Videos without
+    boxes, polygons or masks are always skipped (reported)."""
+    video_max_frames: int = 0
+    """Batch jobs on videos: frames tracked each way from an annotation's outermost drawn frames, that frame
+    included (0 = the whole video). Frames between its drawn frames are always tracked."""
     proposal_points_per_side: int = ProposalSettings.points_per_side
     """Proposals: a grid of n x n single clicks."""
     proposal_points_per_batch: int = ProposalSettings.points_per_batch
