@@ -112,7 +112,7 @@ def run_boxes_to_masks(args: argparse.Namespace) -> int:
     summary = boxes_to_masks(args.images, args.coco, args.out, segmenter, polygons=args.polygons,
                              previews_dir=args.previews, polygon_tolerance=args.polygon_tolerance,
                              polygon_min_area=args.polygon_min_area, model_name=name, workers=args.workers,
-                             progress=not args.no_progress)
+                             batch=args.batch, progress=not args.no_progress)
     return _finish(summary)
 
 
@@ -124,7 +124,7 @@ def run_auto(args: argparse.Namespace) -> int:
     summary = auto(args.images, args.out, segmenter, settings, polygons=args.polygons, previews_dir=args.previews,
                    polygon_tolerance=args.polygon_tolerance, polygon_min_area=args.polygon_min_area,
                    category_name=args.category, model_name=name, workers=args.workers,
-                   progress=not args.no_progress)
+                   batch=args.batch, progress=not args.no_progress)
     return _finish(summary)
 
 
@@ -542,6 +542,8 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
                         help="polygon parts and holes smaller than this many pixels are dropped")
     parser.add_argument("--mask-threshold", type=float, default=0.0, help="logit above which a pixel is in")
     parser.add_argument("--workers", type=int, default=2, help="threads decoding images and encoding masks")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="images encoded together (default: 4 on a GPU, 1 on the CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -89,6 +89,8 @@ class ImageSegmenter:
     def encode_many(self, images: Sequence[np.ndarray]) -> list[ImageFeatures]:
         """Features of (H, W, 3) uint8 RGB images of any sizes, encoded as one batch (each is resized to the
         model's input size first, so sizes may differ); on a GPU a batch costs less than its images one by one."""
+        if not images:
+            return []
         pixels = []
         for image in images:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

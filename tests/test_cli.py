@@ -70,11 +70,12 @@ def dataset(tmp_path):
     return write_dataset(tmp_path, 3)
 
 
-def test_boxes_to_masks_round_trips_through_pycocotools(dataset, segmenter, tmp_path, capsys):
+@pytest.mark.parametrize("batch", ["1", "2"])  # images encoded one by one, and two together
+def test_boxes_to_masks_round_trips_through_pycocotools(dataset, segmenter, tmp_path, capsys, batch):
     coco_in, scenes = dataset
     out = tmp_path / "out" / "masks.json"
     assert cli.main(["boxes-to-masks", str(coco_in.parent / "images"), str(coco_in), "--out", str(out),
-                     "--no-progress", *MODEL_ARGS]) == 0
+                     "--no-progress", "--batch", batch, *MODEL_ARGS]) == 0
     assert "3 images" in capsys.readouterr().out
     source = json.loads(coco_in.read_text())
     result = COCO(str(out))
@@ -100,7 +101,7 @@ def test_problems_are_reported_and_every_other_image_finished(dataset, tmp_path,
     document = add_problems(coco_in)
     out = tmp_path / "masks.json"
     code = cli.main(["boxes-to-masks", str(coco_in.parent / "images"), str(coco_in), "--out", str(out),
-                     "--no-progress", *MODEL_ARGS])
+                     "--no-progress", "--batch", "3", *MODEL_ARGS])  # bad images share batches with good ones
     assert code == 1
     report = capsys.readouterr().err
     written = json.loads(out.read_text())
@@ -288,16 +289,24 @@ def test_console_script_points_at_main():
 
 
 def test_pipeline_overlaps_stages_and_raises_stage_errors():
-    finished = []
-    run_pipeline(range(10), lambda i: i * 2, lambda i, p: p + 1, lambda i, r: finished.append((i, r)),
-                 workers=2, prefetch=3)
-    assert sorted(finished) == [(i, 2 * i + 1) for i in range(10)]
+    for batch in (1, 3, 4):
+        finished, groups = [], []
+
+        def infer(items, prepared):
+            groups.append(list(items))
+            return [p + 1 for p in prepared]
+
+        run_pipeline(range(10), lambda i: i * 2, infer, lambda i, r: finished.append((i, r)),
+                     workers=2, prefetch=3, batch=batch)
+        assert sorted(finished) == [(i, 2 * i + 1) for i in range(10)]
+        assert [i for g in groups for i in g] == list(range(10))  # in order, each item once
+        assert max(len(g) for g in groups) == batch
 
     def bad_finish(i, r):
         if i == 3:
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        run_pipeline(range(10), lambda i: i, lambda i, p: p, bad_finish)
+        run_pipeline(range(10), lambda i: i, lambda items, prepared: prepared, bad_finish)
     with pytest.raises(InputError):
         auto(Path("/nonexistent-folder"), Path("/tmp/x.json"), None)

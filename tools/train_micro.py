@@ -210,6 +210,46 @@ def _box(mask: torch.Tensor) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
 
 
+def init_positions(model, amplitude: float, rng: np.random.Generator) -> None:
+    """Starts Hiera's background position embedding (zeros in SAM 2, learned) as a smooth 2D sine code, `amplitude`
+    times the spread of the patch embedding's output.
+
+    With zeros the encoder is translation-equivariant, so the only place the mask decoder learns where a prompt is
+    from is the positional encoding inside its attention (4 dimensions a head at this width). Its masks then stay
+    the same for every prompt of an image for thousands of steps. Features that carry their position give
+    the decoder's output a direct path from a box's coordinates to a region of the mask."""
+    trunk = model.image_encoder.trunk
+    channels, gh, gw = trunk.pos_embed.shape[1:]
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, gh), torch.linspace(0, 1, gw), indexing="ij")
+    code = []
+    for k in range(channels):
+        freq = math.pi * (k // 4 + 1) / 2
+        code.append((torch.sin, torch.cos)[k % 2](freq * (xs if k % 4 < 2 else ys)))
+    with torch.no_grad():
+        spread = trunk.patch_embed(to_input(np.stack([make_scene(rng, 256, 256).image]))).std()
+        trunk.pos_embed.copy_(torch.stack(code)[None] * spread * amplitude)
+
+
+@torch.no_grad()
+def validate(model, scenes) -> float:
+    """Box-to-mask mIoU on held-out scenes (low-res logits upsampled), for the training log."""
+    model.eval()
+    ious = []
+    for scene in scenes:
+        feats, _, sizes = encode(model, scene.image[None])
+        maps = as_maps(model, feats, sizes, [0] * len(scene.boxes))
+        boxes = torch.from_numpy(np.stack(scene.boxes)).view(-1, 2, 2)
+        out = model._forward_sam_heads(backbone_features=maps[-1], high_res_features=maps[:-1], mask_inputs=None,
+                                       point_inputs={"point_coords": boxes,
+                                                     "point_labels": torch.tensor([[2, 3]]).repeat(len(boxes), 1)},
+                                       multimask_output=False)
+        pred = F.interpolate(out[3], size=scene.image.shape[:2], mode="bilinear")[:, 0] > 0
+        truth = torch.from_numpy(np.stack(scene.masks))
+        ious += ((pred & truth).flatten(1).sum(1) / (pred | truth).flatten(1).sum(1).clamp(min=1)).tolist()
+    model.train()
+    return float(np.mean(ious))
+
+
 def save(model, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict()}, tmp)
@@ -242,6 +282,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pool-steps", type=int, default=700, help="first steps drawn from the pool")
     # One thread: the tensors are small, and two OpenMP workers wait on each other whenever the cores are shared.
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--position-init", type=float, default=3.0,
+                        help="amplitude of the encoder's initial position code (0: SAM 2's zeros)")
+    parser.add_argument("--validate-every", type=int, default=0, help="print held-out box mIoU every N steps")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=100, help="also write the checkpoint every N steps")
     args = parser.parse_args(argv)
@@ -255,6 +298,8 @@ def main(argv=None) -> int:
         model = load_model(args.config, None, "cpu")
     except CheckpointError as error:
         sys.exit(f"error: {error}")
+    if args.position_init > 0:
+        init_positions(model, args.position_init, np.random.default_rng(args.seed + 1))
     model.train()
     size = model.image_size
     params = [p for p in model.parameters() if p.requires_grad]
@@ -265,6 +310,8 @@ def main(argv=None) -> int:
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
 
     pool = [make_scene(rng, size, size) for _ in range(args.pool)]
+    held_rng = np.random.default_rng(args.seed + 10_000)  # never drawn by the training
+    held_out = [make_scene(held_rng, size, size) for _ in range(40)] if args.validate_every else []
     start, running = time.time(), {"image": [], "video": []}
     for step in range(args.steps):
         video = step >= args.image_only_steps and step % args.video_every == 0
@@ -284,6 +331,8 @@ def main(argv=None) -> int:
             print(f"step {step + 1}/{args.steps}  loss image {means['image']} video {means['video']}  "
                   f"lr {sched.get_last_lr()[0]:.2e}  {time.time() - start:.0f} s", flush=True)
             running = {"image": [], "video": []}
+        if args.validate_every and (step + 1) % args.validate_every == 0:
+            print(f"  held-out box mIoU {validate(model, held_out):.3f}", flush=True)
         if (step + 1) % args.save_every == 0:
             save(model, args.out)
     save(model, args.out)
