@@ -9,7 +9,8 @@ import dtlpy as dl
 import numpy as np
 import pytest
 
-from model_adapter import ModelAdapter, _download_image
+from conftest import micro_adapter
+from model_adapter import _download_image
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import (enclosing_box, mask_iou, png_data_url_to_mask, polygons_to_mask, rotated_box_mask,
                                    validate_box)
@@ -25,14 +26,7 @@ def offline_dtlpy(monkeypatch):
 
 @pytest.fixture(scope="module")
 def adapter():
-    dl.Model.update = lambda self, **kwargs: self  # the module fixture outlives monkeypatch
-    entity = dl.Model.from_json(
-        _json={"id": "model-1", "name": "sam2-micro", "configuration": {"model": "micro", "device": "cpu"}},
-        client_api=dl.client_api, project=None, package=None, is_fetched=False)
-    adapter = ModelAdapter()
-    adapter.model_entity = entity
-    adapter.load(local_path=None)
-    return adapter
+    return micro_adapter("model-1", "sam2-micro")
 
 
 def make_item(item_id: str, image: np.ndarray | None = None, data: bytes | None = None, mimetype="image/png",

@@ -17,9 +17,8 @@ from pathlib import Path
 import dtlpy as dl
 import numpy as np
 import pytest
-import torch
 
-from model_adapter import ModelAdapter
+from conftest import micro_adapter
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import mask_to_polygons, png_data_url_to_mask
 from sam2_adapter.scenes import make_clip, mask_box, write_video
@@ -30,25 +29,12 @@ REPO = Path(__file__).resolve().parent.parent
 _VIDEOS: dict[str, Path] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small ops: one thread is as fast, and kinder to other jobs on the same cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def adapter():
-    dl.Model.update = lambda self, **kwargs: self  # the module fixture outlives monkeypatch
-    entity = dl.Model.from_json(
-        _json={"id": "model-v", "name": "sam2-micro", "configuration": {"model": "micro", "device": "cpu"}},
-        client_api=dl.client_api, project=None, package=None, is_fetched=False)
-    adapter = ModelAdapter()
-    adapter.model_entity = entity
-    adapter.load(local_path=None)
-    return adapter
+    return micro_adapter("model-v", "sam2-micro")
 
 
 @pytest.fixture(scope="module")

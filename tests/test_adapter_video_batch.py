@@ -23,8 +23,8 @@ import cv2
 import dtlpy as dl
 import numpy as np
 import pytest
-import torch
 
+from conftest import micro_adapter
 from model_adapter import ModelAdapter
 from sam2_adapter.config import Settings
 from sam2_adapter.errors import InputError
@@ -36,25 +36,12 @@ T, H, W = 12, 128, 160
 MODEL_NAME = "sam2-micro-batch"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small ops: one thread is as fast, and kinder to other jobs on the same cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def adapter():
-    dl.Model.update = lambda self, **kwargs: self  # the module fixture outlives monkeypatch
-    entity = dl.Model.from_json(
-        _json={"id": "model-vb", "name": MODEL_NAME, "configuration": {"model": "micro", "device": "cpu"}},
-        client_api=dl.client_api, project=None, package=None, is_fetched=False)
-    adapter = ModelAdapter()
-    adapter.model_entity = entity
-    adapter.load(local_path=None)
-    return adapter
+    return micro_adapter("model-vb", MODEL_NAME)
 
 
 @pytest.fixture

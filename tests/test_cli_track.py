@@ -27,13 +27,7 @@ T, H, W = 12, 128, 160
 MODEL_ARGS = ["--model", "micro", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The micro model's ops are small: one thread is as fast, and much faster on a machine shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

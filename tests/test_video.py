@@ -35,14 +35,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The micro model's ops are small: one thread is as fast here, and on a busy machine (other jobs on the same
-    cores) two spinning OpenMP threads make these tests many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
