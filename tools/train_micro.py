@@ -268,6 +268,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("assets/micro/sam2_micro.pt"))
     parser.add_argument("--config", type=Path, default=spec_for("micro").config_path)
+    parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint instead of scratch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=2000, help="optimiser steps in all")
     parser.add_argument("--image-only-steps", type=int, default=1300, help="first steps without video batches")
@@ -295,10 +296,10 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     try:
-        model = load_model(args.config, None, "cpu")
+        model = load_model(args.config, args.init, "cpu")
     except CheckpointError as error:
         sys.exit(f"error: {error}")
-    if args.position_init > 0:
+    if args.position_init > 0 and args.init is None:
         init_positions(model, args.position_init, np.random.default_rng(args.seed + 1))
     model.train()
     size = model.image_size

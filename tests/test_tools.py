@@ -1,0 +1,71 @@
+"""tools/: the micro model's training and evaluation scripts: bad input fails with a clear message, and training
+is reproducible (the same seed writes the same checkpoint)."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from sam2_adapter.models import spec_for
+
+REPO = Path(__file__).resolve().parent.parent
+MICRO = spec_for("micro")
+MICRO_CHECKPOINT = REPO / "assets" / "micro" / "sam2_micro.pt"
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train():
+    before = torch.get_num_threads()
+    yield load_tool("train_micro").main
+    torch.set_num_threads(before)
+
+
+TINY_RUN = ["--steps", "2", "--pool", "4", "--pool-steps", "1", "--batch", "2", "--per-image", "1",
+            "--image-only-steps", "1", "--video-every", "1", "--warmup", "1"]
+
+
+def test_training_refuses_a_missing_or_unwritable_output(train, tmp_path):
+    with pytest.raises(SystemExit) as error:
+        train(["--out", str(tmp_path / "missing" / "micro.pt"), *TINY_RUN])
+    assert "output directory" in str(error.value.code) and "missing" in str(error.value.code)
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit) as error:
+        train(["--out", str(a_file / "micro.pt"), *TINY_RUN])
+    assert str(a_file) in str(error.value.code)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(SystemExit) as error:
+            train(["--out", str(locked / "micro.pt"), *TINY_RUN])
+        assert "permission denied" in str(error.value.code)
+
+
+def test_training_and_evaluation_refuse_a_checkpoint_of_another_config(train, tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text(MICRO.config_path.read_text().replace("d_model: 64", "d_model: 32"))
+    with pytest.raises(SystemExit) as error:
+        train(["--out", str(tmp_path / "x.pt"), "--config", str(other), "--init", str(MICRO_CHECKPOINT), *TINY_RUN])
+    assert "sam2_micro.pt" in str(error.value.code)
+    evaluate = load_tool("evaluate_micro").main
+    assert evaluate(["--config", str(other), "--checkpoint", str(MICRO_CHECKPOINT)]) == 2
+
+
+def test_the_same_seed_trains_the_same_checkpoint(train, tmp_path):
+    """Image and video steps, twice from scratch with one seed: identical weights; another seed: different."""
+    states = []
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        out = tmp_path / f"{name}.pt"
+        assert train(["--out", str(out), "--seed", seed, *TINY_RUN]) == 0
+        states.append(torch.load(out, weights_only=True)["model"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
