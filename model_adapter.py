@@ -392,10 +392,9 @@ class ModelAdapter(dl.BaseModelAdapter):
         item's temporary files are deleted when it is done, whatever happens."""
         try:
             self._ready()
-            usable = [p for p in batch if p.image is not None]
-            if usable:  # one encoder batch for the images of this batch
-                for prepared, features in zip(usable, self.segmenter.encode_many([p.image for p in usable])):
-                    prepared.features = features
+            # one encoder batch for the images of this batch
+            for prepared, features in zip(batch, self.segmenter.encode_many([p.image for p in batch])):
+                prepared.features = features
             return [self._predict_item(prepared) for prepared in batch]
         finally:
             for prepared in batch:

@@ -480,10 +480,9 @@ def boxes_to_masks(images_dir, coco_in, coco_out, segmenter: ImageSegmenter, *, 
         return loaded
 
     def infer(group: list[_ImageTask], prepared: list[_Loaded]) -> list:
-        usable = [loaded for loaded in prepared if loaded.image is not None and loaded.prompts]
-        features = dict(zip(map(id, usable), segmenter.encode_many([loaded.image for loaded in usable])))
-        return [(loaded, segment_box_prompts(segmenter, features[id(loaded)], loaded.prompts)
-                 if id(loaded) in features else []) for loaded in prepared]
+        features = segmenter.encode_many([loaded.image if loaded.prompts else None for loaded in prepared])
+        return [(loaded, [] if f is None else segment_box_prompts(segmenter, f, loaded.prompts))
+                for loaded, f in zip(prepared, features)]
 
     def finish(task: _ImageTask, result) -> dict:
         loaded, outcomes = result
@@ -565,10 +564,9 @@ def auto(images_dir, coco_out, segmenter: ImageSegmenter, settings: ProposalSett
             return error
 
     def infer(group: list[_ImageTask], images: list) -> list:
-        usable = [image for image in images if not isinstance(image, InputError)]
-        features = dict(zip(map(id, usable), segmenter.encode_many(usable)))
-        return [(image, propose_masks(segmenter, features[id(image)], settings) if id(image) in features else [])
-                for image in images]
+        features = segmenter.encode_many([None if isinstance(image, InputError) else image for image in images])
+        return [(image, [] if f is None else propose_masks(segmenter, f, settings))
+                for image, f in zip(images, features)]
 
     def finish(task: _ImageTask, result) -> dict:
         image, proposals = result

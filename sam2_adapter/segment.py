@@ -86,13 +86,15 @@ class ImageSegmenter:
         return self.encode_many([image])[0]
 
     @torch.inference_mode()
-    def encode_many(self, images: Sequence[np.ndarray]) -> list[ImageFeatures]:
+    def encode_many(self, images: Sequence[np.ndarray | None]) -> list[ImageFeatures | None]:
         """Features of (H, W, 3) uint8 RGB images of any sizes, encoded as one batch (each is resized to the
-        model's input size first, so sizes may differ); on a GPU a batch costs less than its images one by one."""
-        if not images:
-            return []
+        model's input size first, so sizes may differ); on a GPU a batch costs less than its images one by one.
+        A None in `images` (an item of a batch without usable pixels) gives None in its place."""
+        present = [image for image in images if image is not None]
+        if not present:
+            return [None] * len(images)
         pixels = []
-        for image in images:
+        for image in present:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
             tensor = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float() / 255.0
@@ -102,14 +104,15 @@ class ImageSegmenter:
             _, tokens, _, sizes = self.model._prepare_backbone_features(backbone)
             if self.model.directly_add_no_mem_embed:
                 tokens[-1] = tokens[-1] + self.model.no_mem_embed
-        maps = [t.permute(1, 2, 0).reshape(len(images), -1, *s) for t, s in zip(tokens, sizes)]
+        maps = [t.permute(1, 2, 0).reshape(len(present), -1, *s) for t, s in zip(tokens, sizes)]
 
         def own(m: torch.Tensor, i: int) -> torch.Tensor:
             # a cached slice must not keep the whole batch alive
-            return m[i:i + 1].clone() if len(images) > 1 else m
+            return m[i:i + 1].clone() if len(present) > 1 else m
 
-        return [ImageFeatures(image_embed=own(maps[-1], i), high_res=tuple(own(m, i) for m in maps[:-1]),
-                              orig_hw=tuple(image.shape[:2])) for i, image in enumerate(images)]
+        encoded = iter([ImageFeatures(image_embed=own(maps[-1], i), high_res=tuple(own(m, i) for m in maps[:-1]),
+                                      orig_hw=tuple(image.shape[:2])) for i, image in enumerate(present)])
+        return [None if image is None else next(encoded) for image in images]
 
     # -- prompts -----------------------------------------------------------------------------------------------
     def segment_boxes(self, features: ImageFeatures, boxes: np.ndarray) -> list[MaskResult]:

@@ -14,7 +14,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sam2_adapter.models import load_named_model  # noqa: E402
-from sam2_adapter.scenes import make_scene  # noqa: E402
+from sam2_adapter.geometry import mask_to_polygons  # noqa: E402
+from sam2_adapter.scenes import make_clip, make_scene, mask_box, write_video  # noqa: E402
 from sam2_adapter.segment import ImageSegmenter  # noqa: E402
 
 torch.set_num_threads(2)
@@ -63,3 +64,59 @@ def micro_adapter(model_id: str, name: str = "sam2-micro"):
     adapter.model_entity = entity
     adapter.load(local_path=None)
     return adapter
+
+
+# -- the small video the adapter's video tests track --------------------------------------------------------------
+
+CLIP_SIZE = (12, 128, 160)
+"""Frames, height and width of the `clip` fixture."""
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """A 12-frame clip of two objects that stay in view."""
+    frames, height, width = CLIP_SIZE
+    return make_clip(np.random.default_rng(7), n_frames=frames, height=height, width=width, n_objects=2,
+                     leave_view=False)
+
+
+@pytest.fixture(scope="module")
+def video(clip, tmp_path_factory):
+    """`clip` as an mp4 file."""
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    write_video(clip.frames, path, fps=10)
+    return path
+
+
+def box_of(mask, label, attributes=None):
+    """The dtlpy box around a mask."""
+    import dtlpy as dl
+
+    x1, y1, x2, y2 = (float(v) for v in mask_box(mask))
+    return dl.Box(left=x1, top=y1, right=x2, bottom=y2, label=label, attributes=attributes or {})
+
+
+def polygon_of(mask, label, attributes=None):
+    """The dtlpy polygon of a mask's largest part."""
+    import dtlpy as dl
+
+    return dl.Polygon(geo=mask_to_polygons(mask)[0], label=label, attributes=attributes or {})
+
+
+def core_run(adapter, video, prompts: dict, passes: list) -> dict:
+    """What the core tracker computes on the adapter's model for prompts {key: {frame: prompt}} (added in frame
+    order, as the adapter adds them) and passes [(start, direction, max_frames)]:
+    {direction: {key: {frame: ObjectMask}}}, a later pass of a direction overwriting an earlier one."""
+    from sam2_adapter.tracker import VideoTracker
+
+    out: dict = {}
+    with VideoTracker(adapter.model, str(video), mask_threshold=adapter.settings.mask_threshold) as tracker:
+        for frame, key, prompt in sorted(((f, k, p) for k, ps in prompts.items() for f, p in ps.items()),
+                                         key=lambda x: x[0]):
+            tracker.add_prompt(key, frame, prompt)
+        for start, direction, count in passes:
+            results = out.setdefault(direction, {key: {} for key in prompts})
+            for result in tracker.propagate(start_frame=start, direction=direction, max_frames=count):
+                for key, obj in result.objects.items():
+                    results[key][result.frame_idx] = obj
+    return out

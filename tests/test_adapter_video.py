@@ -18,13 +18,12 @@ import dtlpy as dl
 import numpy as np
 import pytest
 
-from conftest import micro_adapter
+from conftest import CLIP_SIZE, box_of, core_run, micro_adapter, polygon_of
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import mask_to_polygons, png_data_url_to_mask
-from sam2_adapter.scenes import make_clip, mask_box, write_video
-from sam2_adapter.tracker import VideoTracker
+from sam2_adapter.scenes import mask_box
 
-T, H, W = 12, 128, 160
+T, H, W = CLIP_SIZE
 REPO = Path(__file__).resolve().parent.parent
 _VIDEOS: dict[str, Path] = {}
 
@@ -35,18 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def adapter():
     return micro_adapter("model-v", "sam2-micro")
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return make_clip(np.random.default_rng(7), n_frames=T, height=H, width=W, n_objects=2, leave_view=False)
-
-
-@pytest.fixture(scope="module")
-def video(clip, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    write_video(clip.frames, path, fps=10)
-    return path
 
 
 class OfflinePlatform:
@@ -98,15 +85,6 @@ def video_annotation(item, ann_id: str, frames: dict, object_id: str = "1", not_
     return {**builder.annotations[0].to_json(), "id": ann_id}
 
 
-def box_of(mask, label, attributes=None) -> dl.Box:
-    x1, y1, x2, y2 = (float(v) for v in mask_box(mask))
-    return dl.Box(left=x1, top=y1, right=x2, bottom=y2, label=label, attributes=attributes or {})
-
-
-def polygon_of(mask, label, attributes=None) -> dl.Polygon:
-    return dl.Polygon(geo=mask_to_polygons(mask)[0], label=label, attributes=attributes or {})
-
-
 def read_back(result: dict, item) -> dl.Annotation:
     """The JSON through the platform's path: serialised, then dtlpy's parser."""
     return dl.Annotation.from_json(json.loads(json.dumps(result)), item=item)
@@ -116,18 +94,10 @@ def frames_of(annotation: dl.Annotation) -> dict:
     return {t: annotation.frames[t] for t in annotation.frames.keys()}
 
 
-def core_run(adapter, video, prompts: dict, passes: list) -> dict:
+def core_frames(adapter, video, prompts: dict, passes: list) -> dict:
     """What the core tracker computes for the same prompts {key: {frame: prompt}}: {key: {frame: ObjectMask}}."""
-    out: dict = {key: {} for key in prompts}
-    with VideoTracker(adapter.model, str(video), mask_threshold=adapter.settings.mask_threshold) as tracker:
-        for frame, key, prompt in sorted(((f, k, p) for k, ps in prompts.items() for f, p in ps.items()),
-                                         key=lambda x: x[0]):
-            tracker.add_prompt(key, frame, prompt)
-        for start, direction, count in passes:
-            for result in tracker.propagate(start_frame=start, direction=direction, max_frames=count):
-                for key, obj in result.objects.items():
-                    out[key][result.frame_idx] = obj
-    return out
+    by_direction = core_run(adapter, video, prompts, passes).values()
+    return {key: {t: obj for frames in by_direction for t, obj in frames[key].items()} for key in prompts}
 
 
 def tracked_ring(adapter, obj):
@@ -179,8 +149,8 @@ def test_boxes_are_tracked_forward_as_the_core_tracks_them(adapter, clip, video,
     sources = [video_annotation(item, f"box-{k}", {0: box_of(clip.masks[0, k], f"label-{k}", {"k": k})},
                                 object_id=str(k + 7)) for k in range(2)]
     out = adapter.track_video(item=item, annotations=sources)
-    core = core_run(adapter, video, {f"box-{k}": {0: {"type": "box", "box": mask_box(clip.masks[0, k]).tolist()}}
-                                     for k in range(2)}, [(0, "forward", None)])
+    core = core_frames(adapter, video, {f"box-{k}": {0: {"type": "box", "box": mask_box(clip.masks[0, k]).tolist()}}
+                                        for k in range(2)}, [(0, "forward", None)])
 
     assert [a["id"] for a in out] == ["box-0", "box-1"], "each annotation comes back with its own id"
     object_ids = [a["metadata"]["system"]["objectId"] for a in out]
@@ -209,9 +179,9 @@ def test_a_correction_frame_prompts_and_later_frames_take_its_attributes(adapter
     stale = polygon_of(clip.masks[3, 1], "car", {"occluded": False})  # not this object: would mislead as a prompt
     source = video_annotation(item, "poly", {0: first, 6: correction}, not_fixed={3: stale})
     out = adapter.track_video(item=item, annotations=[source], direction="forward", max_frames=3)
-    core = core_run(adapter, video, {"poly": {0: {"type": "polygon", "polygon": first.geo},
-                                              6: {"type": "polygon", "polygon": correction.geo}}},
-                    [(0, "forward", 9)])
+    core = core_frames(adapter, video, {"poly": {0: {"type": "polygon", "polygon": first.geo},
+                                                 6: {"type": "polygon", "polygon": correction.geo}}},
+                       [(0, "forward", 9)])
 
     (result,) = out
     assert result["type"] == "segment" and result["id"] == "poly"
@@ -236,7 +206,7 @@ def test_masks_in_both_directions_keep_holes(adapter, clip, video, platform):
                 frame_num=6)
     source = {**builder.annotations[0].to_json(), "id": "mask"}
     out = adapter.track_video(item=item, annotations=[source], direction="both", max_frames=4)
-    core = core_run(adapter, video, {"mask": {6: {"type": "mask", "mask": drawn}}}, [(6, "both", 4)])
+    core = core_frames(adapter, video, {"mask": {6: {"type": "mask", "mask": drawn}}}, [(6, "both", 4)])
 
     (result,) = out
     assert result["type"] == "binary"
@@ -253,8 +223,8 @@ def test_backward_from_the_last_frame(adapter, clip, video, platform):
     item = platform.item("vid-back", video)
     source = video_annotation(item, "back", {T - 1: box_of(clip.masks[T - 1, 0], "car")})
     out = adapter.track_video(item=item, annotations=[source], direction="backward", max_frames=5)
-    core = core_run(adapter, video, {"back": {T - 1: {"type": "box", "box": mask_box(clip.masks[T - 1, 0]).tolist()}}},
-                    [(T - 1, "backward", 5)])
+    prompt = {"type": "box", "box": mask_box(clip.masks[T - 1, 0]).tolist()}
+    core = core_frames(adapter, video, {"back": {T - 1: prompt}}, [(T - 1, "backward", 5)])
     frames = frames_of(read_back(out[0], item))
     seen = [t for t in range(T - 5, T) if t == T - 1 or core["back"][t].visible]
     assert sorted(frames) == list(range(seen[0], T))
@@ -355,8 +325,8 @@ def test_studio_tracker_returns_the_core_results_in_the_prompts_type(adapter, cl
         "bad": [{"x": 1.0}],
     }
     out = adapter.track(item_stream_url=str(video), bbs=bbs, start_frame=2, frame_duration=5)
-    core = core_run(adapter, video, {"b": {2: {"type": "box", "box": box.tolist()}},
-                                     "p": {2: {"type": "polygon", "polygon": ring}}}, [(2, "forward", 5)])
+    core = core_frames(adapter, video, {"b": {2: {"type": "box", "box": box.tolist()}},
+                                        "p": {2: {"type": "polygon", "polygon": ring}}}, [(2, "forward", 5)])
     assert set(out) == {"b", "p"}, "the bad prompt is left out, the others are tracked"
     for key, frames in out.items():
         assert sorted(frames) == [2, 3, 4, 5, 6]

@@ -24,15 +24,14 @@ import dtlpy as dl
 import numpy as np
 import pytest
 
-from conftest import micro_adapter
+from conftest import CLIP_SIZE, box_of, core_run, micro_adapter, polygon_of
 from model_adapter import ModelAdapter
 from sam2_adapter.config import Settings
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import mask_to_polygons, png_data_url_to_mask
-from sam2_adapter.scenes import make_clip, mask_box, write_video
-from sam2_adapter.tracker import VideoTracker
+from sam2_adapter.scenes import mask_box
 
-T, H, W = 12, 128, 160
+T, H, W = CLIP_SIZE
 MODEL_NAME = "sam2-micro-batch"
 
 
@@ -50,18 +49,6 @@ def configure(adapter, monkeypatch):
     def apply(**values):
         monkeypatch.setattr(adapter, "settings", Settings.from_mapping({**adapter.settings.as_dict(), **values}))
     return apply
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return make_clip(np.random.default_rng(7), n_frames=T, height=H, width=W, n_objects=2, leave_view=False)
-
-
-@pytest.fixture(scope="module")
-def video(clip, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    write_video(clip.frames, path, fps=10)
-    return path
 
 
 class OfflinePlatform:
@@ -153,15 +140,6 @@ def video_annotation(item, ann_id: str, frames: dict, object_id: str = "1", meta
     return {**builder.annotations[0].to_json(), "id": ann_id}
 
 
-def box_of(mask, label, attributes=None) -> dl.Box:
-    x1, y1, x2, y2 = (float(v) for v in mask_box(mask))
-    return dl.Box(left=x1, top=y1, right=x2, bottom=y2, label=label, attributes=attributes or {})
-
-
-def polygon_of(mask, label, attributes=None) -> dl.Polygon:
-    return dl.Polygon(geo=mask_to_polygons(mask)[0], label=label, attributes=attributes or {})
-
-
 def box_prompt(mask) -> dict:
     return {"type": "box", "box": mask_box(mask).tolist()}
 
@@ -173,21 +151,6 @@ def image_box(ann_id, box, label="thing") -> dict:
 
 
 # -- what the core computes -------------------------------------------------------------------------------------------
-def core_run(adapter, video, prompts: dict, passes: list) -> dict:
-    """The core tracker on the same prompts {key: {frame: prompt}} and passes: {direction: {key: {frame: ObjectMask}}}
-    (prompts are added in frame order, as the adapter adds them)."""
-    out: dict = {"forward": {k: {} for k in prompts}, "backward": {k: {} for k in prompts}}
-    with VideoTracker(adapter.model, str(video), mask_threshold=adapter.settings.mask_threshold) as tracker:
-        for frame, key, prompt in sorted(((f, k, p) for k, ps in prompts.items() for f, p in ps.items()),
-                                         key=lambda x: x[0]):
-            tracker.add_prompt(key, frame, prompt)
-        for start, direction, count in passes:
-            for result in tracker.propagate(start_frame=start, direction=direction, max_frames=count):
-                for key, obj in result.objects.items():
-                    out[direction][key][result.frame_idx] = obj
-    return out
-
-
 def expected_frames(core: dict, key: str, spans: dict) -> dict:
     """{frame: ObjectMask} that annotation `key` takes: each direction's results on that direction's span only."""
     return {t: core[direction][key][t] for direction, (first, last) in spans.items() for t in range(first, last + 1)}

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sam2_adapter.geometry import mask_iou  # noqa: E402
 from sam2_adapter.models import CheckpointError, load_model, spec_for  # noqa: E402
 from sam2_adapter.scenes import make_clip, make_scene  # noqa: E402
+from sam2_adapter.segment import ImageSegmenter  # noqa: E402
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -226,26 +228,17 @@ def init_positions(model, amplitude: float, rng: np.random.Generator) -> None:
         freq = math.pi * (k // 4 + 1) / 2
         code.append((torch.sin, torch.cos)[k % 2](freq * (xs if k % 4 < 2 else ys)))
     with torch.no_grad():
-        spread = trunk.patch_embed(to_input(np.stack([make_scene(rng, 256, 256).image]))).std()
+        size = model.image_size
+        spread = trunk.patch_embed(to_input(make_scene(rng, size, size).image[None])).std()
         trunk.pos_embed.copy_(torch.stack(code)[None] * spread * amplitude)
 
 
-@torch.no_grad()
 def validate(model, scenes) -> float:
-    """Box-to-mask mIoU on held-out scenes (low-res logits upsampled), for the training log."""
+    """Box-to-mask mIoU on held-out scenes, through the adapter's own `ImageSegmenter`, for the training log."""
     model.eval()
-    ious = []
-    for scene in scenes:
-        feats, _, sizes = encode(model, scene.image[None])
-        maps = as_maps(model, feats, sizes, [0] * len(scene.boxes))
-        boxes = torch.from_numpy(np.stack(scene.boxes)).view(-1, 2, 2)
-        out = model._forward_sam_heads(backbone_features=maps[-1], high_res_features=maps[:-1], mask_inputs=None,
-                                       point_inputs={"point_coords": boxes,
-                                                     "point_labels": torch.tensor([[2, 3]]).repeat(len(boxes), 1)},
-                                       multimask_output=False)
-        pred = F.interpolate(out[3], size=scene.image.shape[:2], mode="bilinear")[:, 0] > 0
-        truth = torch.from_numpy(np.stack(scene.masks))
-        ious += ((pred & truth).flatten(1).sum(1) / (pred | truth).flatten(1).sum(1).clamp(min=1)).tolist()
+    segmenter = ImageSegmenter(model)
+    ious = [mask_iou(result.full(), truth) for scene in scenes
+            for result, truth in zip(segmenter.segment_boxes(segmenter.encode(scene.image), scene.boxes), scene.masks)]
     model.train()
     return float(np.mean(ious))
 
