@@ -51,6 +51,7 @@ __all__ = [
     "make_clip",
     "make_scene",
     "mask_box",
+    "next_click",
     "write_jpeg_folder",
     "write_video",
 ]
@@ -144,6 +145,22 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
     """(4,) float32 x1, y1, x2, y2 exactly enclosing the True pixels of an (H, W) bool mask; zeros if empty."""
     x, y, bw, bh = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))
     return np.array([x, y, x + bw, y + bh], np.float32)
+
+
+def next_click(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int]:
+    """The click a simulated annotator makes next, as interactive-segmentation benchmarks place it: the point
+    deepest inside the largest region where `pred` and `target` differ, x, y (pixel centre) and its label, 1 where
+    the object was missed, 0 where the mask spills over. With nothing to correct, the object's most interior point."""
+    error = (pred ^ target).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(error, connectivity=8)
+    if count <= 1:
+        error = target.astype(np.uint8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(error, connectivity=8)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    region = np.pad((labels == largest).astype(np.uint8), 1)
+    depth = cv2.distanceTransform(region, cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return np.array([x + 0.5, y + 0.5], dtype=np.float32), int(target[y, x])
 
 
 # --------------------------------------------------------------------------- shapes

@@ -11,6 +11,7 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor
 from sam2_adapter.embeddings import EmbeddingCache
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import enclosing_box, mask_iou, rotated_box_mask, validate_box
+from sam2_adapter.scenes import next_click
 from sam2_adapter.segment import (BoxPrompt, MaskResult, RefinementMemory, _clip_to_rotated_box, _region,
                                   segment_box_prompts)
 
@@ -162,3 +163,46 @@ def test_refinement_memory_continues_only_the_same_object():
     memory.remember("a", None, pts, labels, logits)
     memory.remember("b", None, pts, labels, logits)
     assert memory.previous("img", (0, 0, 50, 50), more, np.array([1, 0])) is None, "oldest object forgotten"
+
+
+# ------------------------------------------------------------------------------ what an annotator sees, trained model
+# Thresholds sit below what the shipped micro checkpoint gives on these held-out scenes (box mIoU 0.47 of 29
+# objects, 0.22 with x and y swapped; 72 % of objects covered to 70 %; 19 of 23 spills shrink, 28 % less spill in
+# all), far above what a pipeline that loses the prompt would give.
+
+def test_box_gives_a_mask_covering_the_object_inside_it(segmenter, scenes):
+    """Box to Segmentation as an annotator sees it: boxes' masks cover their objects. The same boxes with x and y
+    swapped (the coordinate-order bug that tests on random weights cannot see) give far worse masks."""
+    ious, swapped, covered = [], [], []
+    for scene in scenes:
+        features = segmenter.encode(scene.image)
+        for truth, result in zip(scene.masks, segmenter.segment_boxes(features, scene.boxes)):
+            mask = result.full()
+            ious.append(mask_iou(mask, truth))
+            covered.append((mask & truth).sum() / truth.sum())
+        for truth, result in zip(scene.masks, segmenter.segment_boxes(features, scene.boxes[:, [1, 0, 3, 2]])):
+            swapped.append(mask_iou(result.full(), truth))
+    assert np.mean(ious) >= 0.4, ious
+    assert np.mean(np.array(covered) >= 0.7) >= 0.6, covered
+    assert np.mean(swapped) <= 0.6 * np.mean(ious), (np.mean(swapped), np.mean(ious))
+
+
+def test_negative_click_removes_a_region(segmenter, scenes):
+    """Where a box's mask spills over, a negative click in the middle of the largest spill (where an annotator
+    clicks; the previous logits fed back, as the studio does) shrinks the spill."""
+    before, after = [], []
+    for scene in scenes:
+        features = segmenter.encode(scene.image)
+        for box, truth, first in zip(scene.boxes, scene.masks, segmenter.segment_boxes(features, scene.boxes)):
+            mask = first.full()
+            xy, label = next_click(mask, truth)
+            if label != 0 or (mask & ~truth).sum() < 30:
+                continue  # no spill to remove: the next click would be a positive one
+            again = segmenter.segment_points(features, xy[None], np.array([0]), box=box,
+                                             mask_input=first.low_res_logits).full()
+            before.append((mask & ~truth).sum())
+            after.append((again & ~truth).sum())
+    before, after = np.array(before), np.array(after)
+    assert len(before) >= 10, "too few spills in the scenes to say anything"
+    assert np.mean(after < before) >= 0.7, (before, after)
+    assert after.sum() <= 0.85 * before.sum(), (before.sum(), after.sum())

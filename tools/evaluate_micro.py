@@ -16,7 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -24,25 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sam2_adapter.geometry import mask_iou  # noqa: E402
 from sam2_adapter.models import CheckpointError, load_model, spec_for  # noqa: E402
-from sam2_adapter.scenes import make_clip, make_scene, mask_box, write_jpeg_folder  # noqa: E402
+from sam2_adapter.scenes import make_clip, make_scene, mask_box, next_click, write_jpeg_folder  # noqa: E402
 from sam2_adapter.segment import ImageSegmenter  # noqa: E402
 
 HELD_OUT_SEED = 20261122
-
-
-def next_click(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int]:
-    """The point deepest inside the largest error region; label 1 where the object was missed, 0 where the
-    mask spills over. With an empty prediction this is the object's most interior point."""
-    error = (pred ^ target).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(error, connectivity=8)
-    if count <= 1:
-        error = target.astype(np.uint8)
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(error, connectivity=8)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    region = np.pad((labels == largest).astype(np.uint8), 1)
-    depth = cv2.distanceTransform(region, cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
-    return np.array([x + 0.5, y + 0.5], dtype=np.float32), int(target[y, x])
 
 
 def evaluate_images(segmenter: ImageSegmenter, rng: np.random.Generator, n_scenes: int) -> dict:
