@@ -166,25 +166,29 @@ def test_refinement_memory_continues_only_the_same_object():
 
 
 # ------------------------------------------------------------------------------ what an annotator sees, trained model
-# Thresholds sit below what the shipped micro checkpoint gives on these held-out scenes (box mIoU 0.47 of 29
-# objects, 0.22 with x and y swapped; 72 % of objects covered to 70 %; 19 of 23 spills shrink, 28 % less spill in
-# all), far above what a pipeline that loses the prompt would give.
+# Thresholds sit below what the shipped micro checkpoint gives on these held-out scenes (box mIoU 0.67 over 29
+# objects, 0.19 with x and y swapped; 86 % of masks match their own object best, 93 % cover it to 70 %; 25 of 26
+# spills shrink, 40 % less spill in all), far above what a pipeline that loses the prompt would give.
 
 def test_box_gives_a_mask_covering_the_object_inside_it(segmenter, scenes):
-    """Box to Segmentation as an annotator sees it: boxes' masks cover their objects. The same boxes with x and y
-    swapped (the coordinate-order bug that tests on random weights cannot see) give far worse masks."""
-    ious, swapped, covered = [], [], []
+    """Box to Segmentation as an annotator sees it: boxes' masks cover their objects and match them better than
+    any other object of the scene. The same boxes with x and y swapped (the coordinate-order bug that tests on
+    random weights cannot see) give far worse masks."""
+    ious, swapped, covered, own_best = [], [], [], []
     for scene in scenes:
         features = segmenter.encode(scene.image)
-        for truth, result in zip(scene.masks, segmenter.segment_boxes(features, scene.boxes)):
-            mask = result.full()
-            ious.append(mask_iou(mask, truth))
+        for k, result in enumerate(segmenter.segment_boxes(features, scene.boxes)):
+            mask, truth = result.full(), scene.masks[k]
+            per_object = [mask_iou(mask, other) for other in scene.masks]
+            ious.append(per_object[k])
+            own_best.append(per_object[k] > 0 and per_object[k] == max(per_object))
             covered.append((mask & truth).sum() / truth.sum())
         for truth, result in zip(scene.masks, segmenter.segment_boxes(features, scene.boxes[:, [1, 0, 3, 2]])):
             swapped.append(mask_iou(result.full(), truth))
-    assert np.mean(ious) >= 0.4, ious
-    assert np.mean(np.array(covered) >= 0.7) >= 0.6, covered
-    assert np.mean(swapped) <= 0.6 * np.mean(ious), (np.mean(swapped), np.mean(ious))
+    assert np.mean(ious) >= 0.55, ious
+    assert np.mean(own_best) >= 0.75, own_best
+    assert np.mean(np.array(covered) >= 0.7) >= 0.8, covered
+    assert np.mean(swapped) <= 0.5 * np.mean(ious), (np.mean(swapped), np.mean(ious))
 
 
 def test_negative_click_removes_a_region(segmenter, scenes):
@@ -204,5 +208,5 @@ def test_negative_click_removes_a_region(segmenter, scenes):
             after.append((again & ~truth).sum())
     before, after = np.array(before), np.array(after)
     assert len(before) >= 10, "too few spills in the scenes to say anything"
-    assert np.mean(after < before) >= 0.7, (before, after)
-    assert after.sum() <= 0.85 * before.sum(), (before.sum(), after.sum())
+    assert np.mean(after < before) >= 0.85, (before, after)
+    assert after.sum() <= 0.75 * before.sum(), (before.sum(), after.sum())
