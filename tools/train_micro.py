@@ -2,12 +2,13 @@
 
     python tools/train_micro.py --out assets/micro/sam2_micro.pt
 
-Image path: up to six objects of each image, each prompted by a box or by one positive click, then two correction clicks sampled in the error region with the
-previous low-res logits fed back as mask input. Video path: a box, click or mask prompt on frame 0 of a clip, the
-following frames tracked through the memory attention and memory encoder, losses on every frame. Losses follow
-the SAM 2 paper (dice on masks, the best of the multimask outputs; L1 on the IoU prediction; BCE on the object
-score, present and absent weighted equally) except that SAM 2's focal term is a class-balanced BCE here (see `mask_loss`); mask losses are computed
-on the decoder's low-res logits. Everything is seeded; the checkpoint is `{"model": state_dict}`.
+Image path: up to six objects of each image, each prompted by a box or by one positive click, then two correction
+clicks sampled in the error region with the previous low-res logits fed back as mask input. Video path: a box,
+click or mask prompt on frame 0 of a clip, the following frames tracked through the memory attention and memory
+encoder, losses on every frame. Losses follow the SAM 2 paper (dice on masks, the best of the multimask outputs;
+L1 on the IoU prediction; BCE on the object score, present and absent weighted equally) except that SAM 2's focal
+term is a class-balanced BCE here (see `mask_loss`); mask losses are computed on the decoder's low-res logits.
+Everything is seeded; the checkpoint is `{"model": state_dict}`.
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ def sam_losses(outputs, target: torch.Tensor, present: torch.Tensor) -> tuple[to
 def sample_pixel(masks: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One uniformly drawn (x, y) pixel of each (N, H, W) mask (masks must be non-empty)."""
     n, h, w = masks.shape
-    counted = masks.flatten(1).cumsum(1)  # the k-th pixel of a mask is where this first reaches k: 5x faster
-    k = (torch.rand(n, generator=gen) * counted[:, -1]).long() + 1  # than torch.multinomial
+    # the k-th pixel of a mask is where its running count first reaches k (5x faster than torch.multinomial)
+    counted = masks.flatten(1).cumsum(1)
+    k = (torch.rand(n, generator=gen) * counted[:, -1]).long() + 1
     idx = torch.searchsorted(counted, k[:, None])[:, 0]
     return torch.stack([idx % w, idx // w], dim=1).float() + 0.5
 
