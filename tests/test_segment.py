@@ -96,11 +96,20 @@ def test_bad_boxes_are_reported_and_the_others_still_segmented(segmenter, scenes
 
 
 def test_box_partly_outside_is_clamped(segmenter, scenes):
+    """A box drawn past the image edge nearest to its object is cut at the edge, not rejected."""
     scene = scenes[3]
-    x1, y1, x2, y2 = scene.boxes[0]
-    grown = [x1 - 500, y1 - 500, x2, y2]
-    (outcome,) = segment_box_prompts(segmenter, segmenter.encode(scene.image), [BoxPrompt("annotation a", grown)])
-    assert not isinstance(outcome, InputError)
+    box = scene.boxes[0]
+    h, w = scene.image.shape[:2]
+    gaps = np.array([box[0], box[1], w - box[2], h - box[3]])
+    side = int(gaps.argmin())
+    grown, clamped = box.copy(), box.copy()
+    grown[side] += 500 if side >= 2 else -500
+    clamped[side] = (0, 0, w, h)[side]
+    features = segmenter.encode(scene.image)
+    (outcome,) = segment_box_prompts(segmenter, features, [BoxPrompt("annotation a", grown)])
+    assert not isinstance(outcome, InputError), outcome
+    (direct,) = segmenter.segment_boxes(features, clamped[None])
+    assert np.array_equal(outcome.full(), direct.full())
 
 
 def test_rotated_box_keeps_only_the_mask_inside_the_rotated_rectangle(segmenter, scenes):

@@ -24,9 +24,10 @@ def load_tool(name: str):
 
 @pytest.fixture(scope="module")
 def train():
-    before = torch.get_num_threads()
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     yield load_tool("train_micro").main
-    torch.set_num_threads(before)
+    torch.set_num_threads(threads)  # the training sets both for the whole process
+    torch.backends.mkldnn.enabled = onednn
 
 
 TINY_RUN = ["--steps", "2", "--pool", "4", "--pool-steps", "1", "--batch", "2", "--per-image", "1",
@@ -69,3 +70,24 @@ def test_the_same_seed_trains_the_same_checkpoint(train, tmp_path):
         states.append(torch.load(out, weights_only=True)["model"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+def test_mask_loss_balance_moves_from_class_averages_to_the_pixel_average():
+    mask_loss = load_tool("train_micro").mask_loss
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 16, 16) * 4
+    target = torch.zeros(2, 3, 16, 16)
+    target[..., 4:7, 5:9] = 1.0  # a small object: 12 of 256 pixels
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2)
+    prob = logits.sigmoid().flatten(2)
+    dice = 1 - (2 * (prob * target.flatten(2)).sum(-1) + 1) / (prob.sum(-1) + target.flatten(2).sum(-1) + 1)
+    inside = target.flatten(2).bool()
+    object_mean = (bce * inside).sum(-1) / inside.sum(-1)
+    background_mean = (bce * ~inside).sum(-1) / (~inside).sum(-1)
+    class_means = 0.5 * (object_mean + background_mean)
+    assert torch.allclose(mask_loss(logits, target, 1.0), class_means + dice, atol=1e-5)
+    assert torch.allclose(mask_loss(logits, target, 0.0), bce.mean(-1) + dice, atol=1e-5)
+    # in between, a missed object pixel costs less than with the class averages and more than with the pixel mean
+    missed = torch.full((1, 1, 16, 16), -8.0)
+    costs = [mask_loss(missed, target[:1, :1], b).item() for b in (0.0, 0.5, 1.0)]
+    assert costs[0] < costs[1] < costs[2]
