@@ -9,7 +9,7 @@ tracked through the memory attention and memory encoder, losses on every frame. 
 (dice on masks, the best of the multimask outputs; L1 on the IoU prediction; BCE on the object score, present and
 absent weighted equally) except that SAM 2's focal term is a BCE, class-balanced for the first steps (see
 `mask_loss`); mask losses are computed on the decoder's low-res logits.
-Everything is seeded and the run is bitwise reproducible (oneDNN is switched off, see `main`); the checkpoint is
+Everything is seeded; short runs are bitwise reproducible, full runs not yet (see `main`); the checkpoint is
 `{"model": state_dict}`.
 """
 
@@ -308,9 +308,9 @@ def main(argv=None) -> int:
     check_output(args.out)
 
     torch.set_num_threads(args.threads)
-    # oneDNN's multi-threaded kernels do not add up in a fixed order when other work shares the cores: two runs of
-    # one seed then part after a few steps (0.1 apart in held-out box mIoU by step 800). PyTorch's own CPU kernels
-    # are bitwise reproducible, for about 10 % more time a step.
+    # oneDNN's multi-threaded kernels do not add up in a fixed order when other work shares the cores: two 12-step
+    # runs side by side differ with it and agree without it (alone, 20 steps take 18 s without, 16 s with). Two
+    # full runs of one seed still part within 100 steps, through some other source not found yet.
     torch.backends.mkldnn.enabled = False
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
