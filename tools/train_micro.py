@@ -71,17 +71,18 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, balance: float = 1.0) 
     small the object is. But its best logit is positive wherever the object is merely a few per cent likely, so its
     masks spill onto their surroundings: training ramps `balance` down to 0 once the prompts are told apart."""
     logits = logits.clamp(-32, 32)  # masks of objects scored absent are -1024: no gradient, bounded value
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2)
     pos, neg = target.flatten(2), 1 - target.flatten(2)
     ratio = neg.sum(-1, keepdim=True) / pos.sum(-1, keepdim=True).clamp(min=1)
-    weight = pos * ratio**balance + neg
-    bce = (bce * weight).sum(-1) / weight.sum(-1)
+    weight = pos * ratio**balance + neg  # balance 1: object and background pixels weigh the same in all
+    bce = (per_pixel * weight).sum(-1) / weight.sum(-1)
     prob = logits.sigmoid().flatten(2)
     dice = 1 - (2 * (prob * pos).sum(-1) + 1) / (prob.sum(-1) + pos.sum(-1) + 1)
     return W_BCE * bce + W_DICE * dice
 
 
-def sam_losses(outputs, target: torch.Tensor, present: torch.Tensor, balance: float) -> tuple[torch.Tensor, torch.Tensor]:
+def sam_losses(outputs, target: torch.Tensor, present: torch.Tensor,
+               balance: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Losses of one `_forward_sam_heads` output against (N, H, W) targets; (loss, chosen low-res logits).
 
     Computed on the decoder's low-res logits against the target's area fractions at that resolution: the
@@ -187,8 +188,8 @@ def video_step(model, rng, gen, clips: int, frames: int, size: int, balance: flo
     for objects to leave the view and come back (what teaches the object score to say absent)."""
     # every other clip has an object leaving the view: without them 4 % of the frames lack their object, and the
     # object score learns to say present whatever the frame shows
-    data = [make_clip(rng, n_frames=frames * stride, height=size, width=size, leave_view=True if c % 2 == 0 else None)
-            for c in range(clips)]
+    data = [make_clip(rng, n_frames=frames * stride, height=size, width=size,
+                      leave_view=True if c % 2 == 0 else None) for c in range(clips)]
     feats, pos, sizes = encode(model, np.concatenate([c.frames[::stride] for c in data]))
     pairs = [(c, k) for c, clip in enumerate(data) for k in range(len(clip.kinds))]
     masks = torch.from_numpy(np.stack([data[c].masks[::stride, k] for c, k in pairs], axis=1))  # (T, N, H, W)
@@ -300,7 +301,8 @@ def main(argv=None) -> int:
     parser.add_argument("--balanced-steps", type=int, default=700,
                         help="first steps with the class-balanced BCE; it then turns into the pixel average over "
                              "--balance-ramp steps (see mask_loss)")
-    parser.add_argument("--balance-ramp", type=int, default=300)
+    parser.add_argument("--balance-ramp", type=int, default=300,
+                        help="steps from the class-balanced BCE to the pixel average")
     parser.add_argument("--validate-every", type=int, default=0, help="print held-out box mIoU every N steps")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=100, help="also write the checkpoint every N steps")
