@@ -16,7 +16,6 @@ from typing import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.utils.transforms import SAM2Transforms
 
@@ -97,7 +96,9 @@ class ImageSegmenter:
         for image in present:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise InputError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
-            tensor = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float() / 255.0
+            # a read-only array (PIL's, a cache's) is copied: torch.from_numpy wants writable memory
+            writable = np.require(image, requirements="W")
+            tensor = torch.from_numpy(writable).to(self.device).permute(2, 0, 1).float() / 255.0
             pixels.append(self._transforms.transforms(tensor))
         with inference_context(self.device):
             backbone = self.model.forward_image(torch.stack(pixels))
@@ -172,31 +173,60 @@ class ImageSegmenter:
         return [self._upsample(logits[i], float(scores[i, 0]), features.orig_hw) for i in range(len(logits))]
 
     def _upsample(self, logits: torch.Tensor, score: float, image_hw: tuple[int, int]) -> MaskResult:
-        """Bilinear upsampling of (1, s, s) logits to the image, as `F.interpolate(..., align_corners=False)`
-        would do on the whole image, but computed only inside the region where a pixel can be positive."""
         low_res = logits.cpu().numpy().astype(np.float32)
-        region = _region(logits[0] > self.mask_threshold, image_hw)
-        if region is None:
+        upsampled = upsample_logits(logits[0], image_hw, self.mask_threshold)
+        if upsampled is None:
             return MaskResult(np.zeros((0, 0), bool), (0, 0), image_hw, score, low_res)
-        x0, y0, x1, y1 = region
-        height, width = image_hw
-        # Source coordinate of each output pixel centre, normalised for grid_sample(align_corners=False).
-        xs = (torch.arange(x0, x1, device=logits.device, dtype=torch.float32) + 0.5) / width * 2 - 1
-        ys = (torch.arange(y0, y1, device=logits.device, dtype=torch.float32) + 0.5) / height * 2 - 1
-        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
-        up = F.grid_sample(logits[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-        crop = (up[0, 0] > self.mask_threshold).cpu().numpy()
-        return MaskResult(crop, (x0, y0), image_hw, score, low_res)
+        crop, origin = upsampled
+        return MaskResult(crop, origin, image_hw, score, low_res)
 
 
-def _region(positive: torch.Tensor, image_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+def upsample_logits(logits: torch.Tensor, image_hw: tuple[int, int],
+                    threshold: float) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """(s_h, s_w) low-res logits -> the mask at image size as `F.interpolate(bilinear, align_corners=False) >
+    threshold` gives it over the whole image, computed only inside the region where a pixel can be positive:
+    (crop, (x0, y0)), or None when no pixel is.
+
+    Bilinear interpolation is separable: the crop is `Ay @ L @ Ax.T`, with L the low-res cells the region reads and
+    Ay, Ax the interpolation weights of the region's rows and columns (two per row). Two small matrix products cost
+    a fraction of sampling every output pixel from a grid, on any device.
+    """
+    region = _region((logits > threshold).cpu().numpy(), image_hw)
+    if region is None:
+        return None
+    x0, y0, x1, y1 = region
+    ay, r0, r1 = _interpolation_weights(y0, y1, logits.shape[0], image_hw[0], logits.device)
+    ax, c0, c1 = _interpolation_weights(x0, x1, logits.shape[1], image_hw[1], logits.device)
+    crop = (ay @ logits[r0:r1, c0:c1].float() @ ax.T).cpu().numpy() > threshold
+    if not crop.any():
+        return None
+    return crop, (x0, y0)
+
+
+def _interpolation_weights(first: int, stop: int, cells: int, pixels: int,
+                           device: torch.device) -> tuple[torch.Tensor, int, int]:
+    """Bilinear weights (stop - first, c1 - c0) of output pixels first..stop-1 over low-res cells c0..c1-1, with
+    PyTorch's align_corners=False rule: source coordinate (x + 0.5) * cells / pixels - 0.5, clamped to the grid."""
+    source = ((np.arange(first, stop) + 0.5) * (cells / pixels) - 0.5).clip(0, cells - 1)
+    lower = np.floor(source).astype(np.int64)
+    upper = np.minimum(lower + 1, cells - 1)
+    c0, c1 = int(lower[0]), int(upper[-1]) + 1
+    weights = np.zeros((stop - first, c1 - c0), np.float32)
+    rows = np.arange(stop - first)
+    fraction = source - lower
+    weights[rows, lower - c0] = 1 - fraction
+    weights[rows, upper - c0] += fraction  # at the grid's edge upper == lower: both weights on one cell
+    return torch.from_numpy(weights).to(device), c0, c1
+
+
+def _region(positive: np.ndarray, image_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
     """Image region x0, y0, x1, y1 outside which bilinear upsampling of low-res logits cannot be positive.
 
     An output pixel mixes the (up to) 2x2 low-res cells around its source coordinate; if none of them is positive
     neither is the pixel. So the region is the positive cells' bounding box grown by one cell, mapped to pixels.
     """
-    rows = torch.nonzero(positive.any(dim=1)).flatten()
-    cols = torch.nonzero(positive.any(dim=0)).flatten()
+    rows = np.flatnonzero(positive.any(axis=1))
+    cols = np.flatnonzero(positive.any(axis=0))
     if len(rows) == 0:
         return None
     s_h, s_w = positive.shape

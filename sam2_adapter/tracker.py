@@ -36,7 +36,6 @@ needs sam2's CUDA extension), as in the predictor.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -53,6 +52,7 @@ from sam2.utils.misc import fill_holes_in_mask_scores
 from sam2_adapter.errors import InputError
 from sam2_adapter.frames import Frame, FrameSource, open_video
 from sam2_adapter.models import inference_context
+from sam2_adapter.segment import upsample_logits
 
 log = logging.getLogger(__name__)
 
@@ -574,12 +574,10 @@ class VideoTracker:
     def _object_mask(self, obj_id: Hashable, frame_idx: int, out: dict, prompted: bool) -> ObjectMask:
         score = float(out["object_score_logits"].float().flatten()[0])
         hw = (self.height, self.width)
-        crop = origin = None
-        if score > 0:
-            crop, origin = _upsample_crop(out["pred_masks"][0, 0].float(), hw, self.mask_threshold)
-        if crop is None:
+        upsampled = upsample_logits(out["pred_masks"][0, 0].float(), hw, self.mask_threshold) if score > 0 else None
+        if upsampled is None:
             return ObjectMask(obj_id, frame_idx, False, score, None, None, hw, prompted)
-        return ObjectMask(obj_id, frame_idx, True, score, crop, origin, hw, prompted)
+        return ObjectMask(obj_id, frame_idx, True, score, *upsampled, hw, prompted)
 
     # -- validation -------------------------------------------------------------------------------------------
     def _check_frame(self, obj_id: Hashable, frame_idx: int) -> int:
@@ -650,32 +648,3 @@ def polygon_mask(polygon: Sequence[Sequence[float]] | np.ndarray, height: int, w
     mask = np.zeros((height, width), np.uint8)
     cv2.fillPoly(mask, [np.round(points * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
     return mask.astype(bool)
-
-
-def _upsample_crop(logits: torch.Tensor, image_hw: tuple[int, int], threshold: float):
-    """(s, s) low-res logits -> the mask at image size, as `F.interpolate(bilinear, align_corners=False) > threshold`
-    would give over the whole image, but computed only where a pixel can be positive: (crop, (x0, y0)), or
-    (None, None) when nothing is."""
-    positive = logits > threshold
-    rows = torch.nonzero(positive.any(dim=1)).flatten()
-    cols = torch.nonzero(positive.any(dim=0)).flatten()
-    if len(rows) == 0:
-        return None, None
-    s_h, s_w = positive.shape
-    height, width = image_hw
-
-    def span(first: int, last: int, cells: int, pixels: int) -> tuple[int, int]:
-        # an output pixel mixes the (up to) 2x2 cells around its source coordinate: grow by one cell
-        ratio = pixels / cells
-        return max(math.floor((first - 0.5) * ratio - 0.5), 0), min(math.ceil((last + 1.5) * ratio - 0.5) + 1, pixels)
-
-    y0, y1 = span(int(rows[0]), int(rows[-1]), s_h, height)
-    x0, x1 = span(int(cols[0]), int(cols[-1]), s_w, width)
-    xs = (torch.arange(x0, x1, device=logits.device, dtype=torch.float32) + 0.5) / width * 2 - 1
-    ys = (torch.arange(y0, y1, device=logits.device, dtype=torch.float32) + 0.5) / height * 2 - 1
-    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
-    up = F.grid_sample(logits[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    crop = (up[0, 0] > threshold).cpu().numpy()
-    if not crop.any():
-        return None, None
-    return crop, (x0, y0)

@@ -13,7 +13,7 @@ from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import enclosing_box, mask_iou, rotated_box_mask, validate_box
 from sam2_adapter.scenes import next_click
 from sam2_adapter.segment import (BoxPrompt, MaskResult, RefinementMemory, _clip_to_rotated_box, _region,
-                                  segment_box_prompts)
+                                  segment_box_prompts, upsample_logits)
 
 
 def reference_predictor(model, image):
@@ -55,21 +55,34 @@ def test_clicks_with_previous_logits_equal_sam2_image_predictor(segmenter, scene
     assert mask_iou(second.full(), masks[0] > 0) >= 0.99
 
 
+@pytest.mark.parametrize("cells", [64, 256])
 @pytest.mark.parametrize("hw", [(256, 256), (300, 451), (1080, 1920), (37, 1000)])
-def test_region_upsampling_equals_full_interpolation(segmenter, hw):
-    torch.manual_seed(hw[0])
-    logits = torch.randn(1, 64, 64) - 8  # one object, as real masks are
-    logits[0, 20:30, 5:12] += 12
+def test_region_upsampling_equals_full_interpolation(segmenter, hw, cells):
+    torch.manual_seed(hw[0] + cells)
+    logits = torch.randn(1, cells, cells) - 8  # one object, as real masks are
+    logits[0, cells * 5 // 16:cells * 15 // 32, cells * 5 // 64:cells * 3 // 16] += 12
     result = segmenter._upsample(logits, 0.5, hw)
     full = F.interpolate(logits[None], hw, mode="bilinear", align_corners=False)[0, 0]
     differ = result.full() != (full > 0).numpy()
     # the two compute the same sums in another order: only pixels within float rounding of the threshold differ
     assert np.abs(full.numpy()[differ]).max(initial=0) < 1e-4
     assert result.crop.size < 0.1 * full.numel()
+    assert result.area > 0
+
+
+def test_upsampling_noise_over_the_whole_image_equals_full_interpolation():
+    torch.manual_seed(0)
+    logits = torch.randn(256, 256)  # what random weights give: positive cells everywhere
+    crop, origin = upsample_logits(logits, (300, 451), 0.0)
+    full = F.interpolate(logits[None, None], (300, 451), mode="bilinear", align_corners=False)[0, 0]
+    assert origin == (0, 0) and crop.shape == (300, 451)
+    differ = crop != (full > 0).numpy()
+    assert np.abs(full.numpy()[differ]).max(initial=0) < 1e-4
+    assert upsample_logits(torch.full((64, 64), -3.0), (300, 451), 0.0) is None
 
 
 def test_region_of_empty_logits_is_none():
-    assert _region(torch.zeros(64, 64, dtype=torch.bool), (100, 100)) is None
+    assert _region(np.zeros((64, 64), bool), (100, 100)) is None
 
 
 def test_bad_boxes_are_reported_and_the_others_still_segmented(segmenter, scenes):
