@@ -52,7 +52,7 @@ from sam2.utils.misc import fill_holes_in_mask_scores
 from sam2_adapter.errors import InputError
 from sam2_adapter.frames import Frame, FrameSource, open_video
 from sam2_adapter.models import inference_context
-from sam2_adapter.segment import upsample_logits
+from sam2_adapter.upsample import upsample_logits
 
 log = logging.getLogger(__name__)
 

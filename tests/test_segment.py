@@ -12,8 +12,8 @@ from sam2_adapter.embeddings import EmbeddingCache
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import enclosing_box, mask_iou, rotated_box_mask, validate_box
 from sam2_adapter.scenes import next_click
-from sam2_adapter.segment import (BoxPrompt, MaskResult, RefinementMemory, _clip_to_rotated_box, _region,
-                                  segment_box_prompts, upsample_logits)
+from sam2_adapter.segment import BoxPrompt, MaskResult, RefinementMemory, _clip_to_rotated_box, segment_box_prompts
+from sam2_adapter.upsample import positive_region, upsample_logits
 
 
 def reference_predictor(model, image):
@@ -82,7 +82,7 @@ def test_upsampling_noise_over_the_whole_image_equals_full_interpolation():
 
 
 def test_region_of_empty_logits_is_none():
-    assert _region(np.zeros((64, 64), bool), (100, 100)) is None
+    assert positive_region(np.zeros((64, 64), bool), (100, 100)) is None
 
 
 def test_bad_boxes_are_reported_and_the_others_still_segmented(segmenter, scenes):
