@@ -12,8 +12,9 @@ nothing about real masks. `dl.Polygon.from_segmentation` in the existing approac
 16 generated 1280x720 images with 10 boxes each, written as PNG files with a COCO file of the boxes.
 
 * limit: the sum over the images of the bare image encoder (`ImageSegmenter.encode` on the decoded image) and the
-  bare prompt encoder + mask decoder on all of an image's boxes in one call; no file reading, image decoding,
-  upsampling, geometry or output.
+  bare prompt encoder + mask decoder on an image's boxes, in the calls ours makes (all in one, or on the CPU as
+  many as `segment.CPU_DECODER_CALL_BYTES` allows); no file reading, image decoding, upsampling, geometry or
+  output.
 * ours: `sam2_adapter.coco.boxes_to_masks` on the folder, everything included (reading and decoding the PNG files,
   masks, RLE or polygons, the journal with an fsync per image, the final COCO file), image decoding and geometry
   overlapped with the model on a thread pool.
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
     print(f"model: {args.model}, {n} images {args.width}x{args.height} (PNG files), {args.boxes} boxes each, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.workers} pipeline workers")
     print(f"  bare image encoder, sum over the images            {encode_s:7.2f} s")
-    print(f"  bare decoder, all boxes of an image in one call    {decode_s:7.2f} s")
+    print(f"  bare decoder, an image's boxes in ours' calls      {decode_s:7.2f} s")
     print(f"  limit (encoder + decoder)                          {limit_s:7.2f} s   {n / limit_s:6.3f} images/s")
     for label, seconds in (("ours, boxes-to-masks end to end, RLE", rle_s),
                            ("ours, boxes-to-masks end to end, polygons", polygon_s)):

@@ -44,7 +44,8 @@ class Settings:
     polygon_min_area: float = 8.0
     """Parts and holes smaller than this many pixels are dropped from polygons."""
     max_prompts_per_call: int = 64
-    """Prompts decoded together in one mask-decoder call (bounds decoder memory on large requests)."""
+    """Prompts decoded together in one mask-decoder call at most (bounds decoder memory on large requests); on the
+    CPU calls are smaller still, see `segment.CPU_DECODER_CALL_BYTES`."""
     refine_memory_objects: int = 256
     """Objects whose last logits are kept for click refinement."""
     output_type: str = "segmentation"
@@ -61,7 +62,7 @@ class Settings:
     proposal_points_per_side: int = ProposalSettings.points_per_side
     """Proposals: a grid of n x n single clicks."""
     proposal_points_per_batch: int = ProposalSettings.points_per_batch
-    """Proposals: clicks decoded in one decoder call."""
+    """Proposals: clicks decoded per batch."""
     proposal_pred_iou_thresh: float = ProposalSettings.pred_iou_thresh
     """Proposals: keep masks whose predicted IoU is above this."""
     proposal_stability_score_thresh: float = ProposalSettings.stability_score_thresh

@@ -49,7 +49,7 @@ class ProposalSettings:
     default) puts a click on every object wider than about 1/32 of the image side; fewer is faster and misses
     small objects (the decoder cost is linear in the number of clicks)."""
     points_per_batch: int = 64
-    """Clicks decoded in one mask-decoder call (bounds decoder memory; SAM 2's default)."""
+    """Clicks decoded per batch (bounds memory; SAM 2's default); the segmenter sizes the decoder calls within."""
     pred_iou_thresh: float = 0.8
     """Keep masks whose predicted IoU (the decoder's own quality estimate) is above this."""
     stability_score_thresh: float = 0.95
@@ -145,39 +145,29 @@ def propose_masks(segmenter: ImageSegmenter, features: ImageFeatures,
     """Object masks found in the image of `features` without any prompt, best predicted IoU first.
 
     Every grid click is decoded (batches of `points_per_batch`, multimask output, the best of three kept); masks
-    are kept when predicted IoU > `pred_iou_thresh`, stability >= `stability_score_thresh` and area >=
-    `min_mask_area` (and non-empty); then duplicates are removed by mask NMS and at most `max_proposals` kept.
+    are kept when predicted IoU > `pred_iou_thresh` and stability >= `stability_score_thresh` (both read off
+    the low-res logits, so a rejected mask is never upsampled) and area >= `min_mask_area` (and non-empty);
+    then duplicates are removed by mask NMS and at most `max_proposals` kept.
     Deterministic for a given image, model and settings.
     """
     height, width = features.orig_hw
     points = grid_points(settings.points_per_side, height, width)
     candidates: list[Proposal] = []
+    def stability(low_res: np.ndarray) -> float:
+        return stability_score(low_res, segmenter.mask_threshold, settings.stability_offset)
+
+    def passes(low_res: np.ndarray, predicted_iou: float) -> bool:  # asked before a mask is upsampled
+        return predicted_iou > settings.pred_iou_thresh and stability(low_res) >= settings.stability_score_thresh
+
     for start in range(0, len(points), settings.points_per_batch):
         batch = points[start:start + settings.points_per_batch]
-        for point, result in zip(batch, _decode_clicks(segmenter, features, batch)):
-            if not result.score > settings.pred_iou_thresh:
+        for point, result in zip(batch, segmenter.segment_clicks(features, batch, keep=passes)):
+            if result is None or result.area == 0 or result.area < settings.min_mask_area:
                 continue
-            stability = stability_score(result.low_res_logits, segmenter.mask_threshold, settings.stability_offset)
-            if stability < settings.stability_score_thresh:
-                continue
-            area = result.area
-            if area == 0 or area < settings.min_mask_area:
-                continue
-            candidates.append(Proposal(**_fields(result), stability=stability,
+            candidates.append(Proposal(**_fields(result), stability=stability(result.low_res_logits),
                                        point=(float(point[0]), float(point[1]))))
     kept = mask_nms(candidates, settings.nms_iou_thresh)
     return kept[:settings.max_proposals] if settings.max_proposals else kept
-
-
-def _decode_clicks(segmenter: ImageSegmenter, features: ImageFeatures, points: np.ndarray) -> list[MaskResult]:
-    """One mask per single positive click (N, 2), the best of SAM 2's three by predicted IoU.
-
-    TODO(lead): replace with the public batched-clicks method of ImageSegmenter once it exists (see the report):
-    it should filter on predicted IoU and low-res stability before upsampling, which `_decode` does for all.
-    """
-    coords = np.asarray(points, np.float32).reshape(-1, 1, 2)
-    labels = np.ones((len(coords), 1), np.int32)
-    return segmenter._decode(features, coords, labels, None, multimask=True)
 
 
 def _fields(result: MaskResult) -> dict:

@@ -28,6 +28,13 @@ from sam2_adapter.upsample import upsample_logits
 # Prompt-encoder labels of a box's two corners.
 _BOX_LABELS = (2, 3)
 
+# The mask decoder copies the image features once per prompt of a call (`repeat_image`). On the CPU a call whose
+# copies outgrow the caches is slower per prompt than smaller calls: hiera-tiny at 1024 px has 16 MiB of features,
+# and its 20 boxes of bench/bench_image.py decoded in one call took 2331 ms, in calls of 2 boxes 1509 ms (2
+# threads). So CPU calls hold at most this many bytes of copies (the micro model's 20 boxes still go in one call).
+# GPUs gain from large calls: there only `max_prompts_per_call` bounds them.
+CPU_DECODER_CALL_BYTES = 32 * 2**20
+
 
 @dataclass(frozen=True)
 class MaskResult:
@@ -61,8 +68,8 @@ class ImageSegmenter:
     """SAM 2 image prediction for many prompts on one encoded image, thread-safe.
 
     Unlike `SAM2ImagePredictor` it holds no per-image state (features live in the shared cache), derives feature
-    sizes from the model instead of assuming 1024 px input, batches every box of a request in one decoder call, and
-    upsamples logits only where the mask can be.
+    sizes from the model instead of assuming 1024 px input, decodes the boxes of a request together (in calls sized for
+    the device, `prompts_per_call`), and upsamples logits only where the mask can be.
     """
 
     def __init__(self, model: SAM2Base, cache: EmbeddingCache | None = None, mask_threshold: float = 0.0,
@@ -117,15 +124,28 @@ class ImageSegmenter:
         return [None if image is None else next(encoded) for image in images]
 
     # -- prompts -----------------------------------------------------------------------------------------------
+    def prompts_per_call(self, features: ImageFeatures) -> int:
+        """Prompts decoded together in one mask-decoder call: at most `max_prompts_per_call`, and on the CPU
+        no more than keep their copies of the image features within `CPU_DECODER_CALL_BYTES`."""
+        if self.device.type != "cpu":
+            return self.max_prompts_per_call
+        return max(1, min(self.max_prompts_per_call, CPU_DECODER_CALL_BYTES // max(features.nbytes, 1)))
+
     def segment_boxes(self, features: ImageFeatures, boxes: np.ndarray) -> list[MaskResult]:
         """One mask per (N, 4) box, x1, y1, x2, y2 in image pixels (validated by the caller)."""
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        results: list[MaskResult] = []
-        for start in range(0, len(boxes), self.max_prompts_per_call):
-            chunk = boxes[start:start + self.max_prompts_per_call]
-            labels = np.tile(np.array(_BOX_LABELS, dtype=np.int32), (len(chunk), 1))
-            results += self._decode(features, chunk.reshape(-1, 2, 2), labels, None, multimask=False)
-        return results
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 2, 2)
+        labels = np.tile(np.array(_BOX_LABELS, dtype=np.int32), (len(boxes), 1))
+        return self._decode(features, boxes, labels, None, multimask=False)
+
+    def segment_clicks(self, features: ImageFeatures, points: np.ndarray,
+                       keep: Callable[[np.ndarray, float], bool] | None = None) -> list[MaskResult | None]:
+        """One mask per single positive click (N, 2) x, y: the best of SAM 2's three by predicted IoU.
+
+        `keep(low_res_logits, predicted_iou)`, when given, is asked before a mask is upsampled; a mask it turns
+        down comes back as None (automatic proposals drop most of a grid's masks this way, unexpanded)."""
+        coords = np.asarray(points, dtype=np.float32).reshape(-1, 1, 2)
+        labels = np.ones((len(coords), 1), np.int32)
+        return self._decode(features, coords, labels, None, multimask=True, keep=keep)
 
     def segment_points(self, features: ImageFeatures, points: np.ndarray, labels: np.ndarray,
                        box: Sequence[float] | None = None, mask_input: np.ndarray | None = None) -> MaskResult:
@@ -143,17 +163,36 @@ class ImageSegmenter:
         multimask = len(point_labels) == 1 and mask_input is None
         return self._decode(features, coords[None], point_labels[None], mask_input, multimask)[0]
 
-    @torch.inference_mode()
     def _decode(self, features: ImageFeatures, coords: np.ndarray, labels: np.ndarray,
-                mask_input: np.ndarray | None, multimask: bool) -> list[MaskResult]:
-        """Coords (B, P, 2) in image pixels with labels (B, P) -> B masks."""
+                mask_input: np.ndarray | None, multimask: bool,
+                keep: Callable[[np.ndarray, float], bool] | None = None) -> list[MaskResult | None]:
+        """Coords (B, P, 2) in image pixels with labels (B, P) -> B masks, in calls of `prompts_per_call`."""
+        results: list[MaskResult | None] = []
+        step = self.prompts_per_call(features)
+        for start in range(0, len(coords), step):
+            logits, scores = self._decode_low_res(features, coords[start:start + step],
+                                                  labels[start:start + step], mask_input, multimask)
+            for one, score in zip(logits, scores.tolist()):
+                low_res = one.cpu().numpy().copy()  # not a view that keeps the whole call's logits alive
+                if keep is None or keep(low_res, score):
+                    results.append(self._upsample(one, low_res, score, features.orig_hw))
+                else:
+                    results.append(None)
+        return results
+
+    @torch.inference_mode()
+    def _decode_low_res(self, features: ImageFeatures, coords: np.ndarray, labels: np.ndarray,
+                        mask_input: np.ndarray | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder call: (B, 1, s, s) float32 low-res logits and (B,) predicted IoUs, the best of the three
+        masks when `multimask`."""
         h, w = features.orig_hw
         size = self.model.image_size
         scale = torch.tensor([size / w, size / h], device=self.device)
         points = (torch.as_tensor(coords, device=self.device) * scale, torch.as_tensor(labels, device=self.device))
         masks = None
         if mask_input is not None:
-            masks = torch.as_tensor(mask_input, dtype=torch.float32, device=self.device).reshape(1, 1, *mask_input.shape[-2:])
+            masks = torch.as_tensor(mask_input, dtype=torch.float32, device=self.device)
+            masks = masks.reshape(1, 1, *mask_input.shape[-2:])
         with inference_context(self.device):
             sparse, dense = self.model.sam_prompt_encoder(points=points, boxes=None, masks=masks)
             logits, scores, _, _ = self.model.sam_mask_decoder(
@@ -170,11 +209,10 @@ class ImageSegmenter:
             best = scores.argmax(dim=1)
             rows = torch.arange(len(best), device=best.device)
             logits, scores = logits[rows, best][:, None], scores[rows, best][:, None]
-        logits = logits.clamp(-32.0, 32.0)
-        return [self._upsample(logits[i], float(scores[i, 0]), features.orig_hw) for i in range(len(logits))]
+        return logits.clamp(-32.0, 32.0), scores[:, 0]
 
-    def _upsample(self, logits: torch.Tensor, score: float, image_hw: tuple[int, int]) -> MaskResult:
-        low_res = logits.cpu().numpy().astype(np.float32)
+    def _upsample(self, logits: torch.Tensor, low_res: np.ndarray, score: float,
+                  image_hw: tuple[int, int]) -> MaskResult:
         upsampled = upsample_logits(logits[0], image_hw, self.mask_threshold)
         if upsampled is None:
             return MaskResult(np.zeros((0, 0), bool), (0, 0), image_hw, score, low_res)

@@ -125,18 +125,23 @@ class OracleSegmenter:
     def __init__(self, scene):
         self.scene = scene
         self.calls = []
+        self.turned_down = 0
 
-    def _decode(self, features, coords, labels, mask_input, multimask):
-        assert coords.shape[1:] == (1, 2) and labels.tolist() == [[1]] * len(coords) and multimask
-        self.calls.append(len(coords))
+    def segment_clicks(self, features, points, keep=None):
+        assert points.shape[1:] == (2,)
+        self.calls.append(len(points))
         results = []
-        for (x, y), in coords:
+        for x, y in points:
             hits = [k for k, m in enumerate(self.scene.masks) if m[int(y), int(x)]]
             mask = self.scene.masks[hits[0]] if hits else ~self.scene.masks.any(axis=0)
+            score = 0.95 if hits else 0.5
             logits = np.where(mask[::4, ::4], 10.0, -10.0).astype(np.float32)[None]
-            results.append(_result(mask, 0.95 if hits else 0.5) if mask.any() else None)
-            results[-1] = MaskResult(results[-1].crop, results[-1].origin, results[-1].image_hw,
-                                     results[-1].score, logits)
+            if keep is not None and not keep(logits, score):
+                self.turned_down += 1  # never upsampled
+                results.append(None)
+                continue
+            result = _result(mask, score)
+            results.append(MaskResult(result.crop, result.origin, result.image_hw, score, logits))
         return results
 
 
@@ -147,6 +152,7 @@ def test_filters_and_nms_keep_one_proposal_per_clicked_object(scenes):
     settings = ProposalSettings(points_per_side=32, points_per_batch=100, min_mask_area=0)
     proposals = propose_masks(oracle, features, settings)
     assert oracle.calls == [100] * 10 + [24]
+    assert oracle.turned_down > 0  # background clicks (predicted IoU 0.5) are filtered before upsampling
     points = grid_points(32, *scene.image.shape[:2]).astype(int)
     clicked = [k for k, m in enumerate(scene.masks) if m[points[:, 1], points[:, 0]].any()]
     assert len(proposals) == len(clicked) >= 2

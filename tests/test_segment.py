@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from sam2_adapter.embeddings import EmbeddingCache
+from sam2_adapter.embeddings import EmbeddingCache, ImageFeatures
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import enclosing_box, mask_iou, rotated_box_mask, validate_box
 from sam2_adapter.scenes import next_click
-from sam2_adapter.segment import BoxPrompt, MaskResult, RefinementMemory, _clip_to_rotated_box, segment_box_prompts
+from sam2_adapter.segment import (BoxPrompt, ImageSegmenter, MaskResult, RefinementMemory, _clip_to_rotated_box,
+                                  segment_box_prompts)
 from sam2_adapter.upsample import positive_region, upsample_logits
 
 
@@ -61,7 +62,7 @@ def test_region_upsampling_equals_full_interpolation(segmenter, hw, cells):
     torch.manual_seed(hw[0] + cells)
     logits = torch.randn(1, cells, cells) - 8  # one object, as real masks are
     logits[0, cells * 5 // 16:cells * 15 // 32, cells * 5 // 64:cells * 3 // 16] += 12
-    result = segmenter._upsample(logits, 0.5, hw)
+    result = segmenter._upsample(logits, logits.numpy(), 0.5, hw)
     full = F.interpolate(logits[None], hw, mode="bilinear", align_corners=False)[0, 0]
     differ = result.full() != (full > 0).numpy()
     # the two compute the same sums in another order: only pixels within float rounding of the threshold differ
@@ -83,6 +84,24 @@ def test_upsampling_noise_over_the_whole_image_equals_full_interpolation():
 
 def test_region_of_empty_logits_is_none():
     assert positive_region(np.zeros((64, 64), bool), (100, 100)) is None
+
+
+def test_decoder_calls_are_sized_by_the_bytes_they_copy_and_give_the_same_masks(micro_model, scenes):
+    scene = scenes[1]
+    whole = ImageSegmenter(micro_model)
+    features = whole.encode(scene.image)
+    # the micro model's features are small: every box of a request in one call, up to max_prompts_per_call
+    assert whole.prompts_per_call(features) == 64
+    one_by_one = ImageSegmenter(micro_model, max_prompts_per_call=1)
+    assert one_by_one.prompts_per_call(features) == 1
+    boxes = np.asarray(scene.boxes, np.float32)
+    for a, b in zip(whole.segment_boxes(features, boxes), one_by_one.segment_boxes(features, boxes), strict=True):
+        assert a.origin == b.origin and np.array_equal(a.crop, b.crop)
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+    # hiera at 1024 px: 16 MiB of features a prompt, 2 prompts a CPU call
+    hiera = ImageFeatures(torch.zeros(1, 256, 64, 64), (torch.zeros(1, 32, 256, 256), torch.zeros(1, 64, 128, 128)),
+                          (1080, 1920))
+    assert hiera.nbytes == 16 * 2**20 and whole.prompts_per_call(hiera) == 2
 
 
 def test_bad_boxes_are_reported_and_the_others_still_segmented(segmenter, scenes):
