@@ -1,14 +1,13 @@
 """Automatic mask proposals for images without prompts: a grid of single clicks, filtered and de-duplicated.
 
-The recipe of SAM 2's `SAM2AutomaticMaskGenerator` (one positive click per grid point, multimask output, keep masks
-whose predicted IoU and stability score are high, remove duplicates), written on our `ImageSegmenter` so that it
-works at any model input size (the micro model's 256 px included), on features from the shared cache, and with
+The recipe of SAM 2's `SAM2AutomaticMaskGenerator` (one positive click per grid point, multimask output, each of a
+click's three masks a candidate, keep masks whose predicted IoU and stability score are high, remove duplicates),
+written on our `ImageSegmenter` so that it works at any model input size (the micro model's 256 px included), on features from the shared cache, and with
 masks that stay cropped to where they can be non-zero.
 
 Differences from SAM 2's generator, on purpose:
 
-* one mask per click, the best of the three by predicted IoU (what `ImageSegmenter` decodes); SAM 2 keeps all
-  three and lets the filters choose;
+* the filters read the decoder's low-res logits, so only masks that pass them are upsampled;
 * the stability score is computed on the decoder's low-resolution logits (s x s, s = input size / 4), not on the
   logits upsampled to the image: the same ratio up to interpolation, at a fraction of the cost;
 * duplicates are removed by mask IoU (greedy, highest predicted IoU first), not box IoU: two different objects
@@ -144,8 +143,8 @@ def propose_masks(segmenter: ImageSegmenter, features: ImageFeatures,
                   settings: ProposalSettings = ProposalSettings()) -> list[Proposal]:
     """Object masks found in the image of `features` without any prompt, best predicted IoU first.
 
-    Every grid click is decoded (batches of `points_per_batch`, multimask output, the best of three kept); masks
-    are kept when predicted IoU > `pred_iou_thresh` and stability >= `stability_score_thresh` (both read off
+    Every grid click is decoded (batches of `points_per_batch`) into SAM 2's three masks (whole, part, subpart),
+    each a candidate, as in SAM 2's automatic mask generator; masks are kept when predicted IoU > `pred_iou_thresh` and stability >= `stability_score_thresh` (both read off
     the low-res logits, so a rejected mask is never upsampled) and area >= `min_mask_area` (and non-empty);
     then duplicates are removed by mask NMS and at most `max_proposals` kept.
     Deterministic for a given image, model and settings.
@@ -161,9 +160,11 @@ def propose_masks(segmenter: ImageSegmenter, features: ImageFeatures,
 
     for start in range(0, len(points), settings.points_per_batch):
         batch = points[start:start + settings.points_per_batch]
-        for point, result in zip(batch, segmenter.segment_clicks(features, batch, keep=passes)):
+        results = segmenter.segment_clicks(features, batch, keep=passes, every_mask=True)
+        for k, result in enumerate(results):
             if result is None or result.area == 0 or result.area < settings.min_mask_area:
                 continue
+            point = batch[k // 3]  # three masks a click
             candidates.append(Proposal(**_fields(result), stability=stability(result.low_res_logits),
                                        point=(float(point[0]), float(point[1]))))
     kept = mask_nms(candidates, settings.nms_iou_thresh)

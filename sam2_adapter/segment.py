@@ -138,14 +138,17 @@ class ImageSegmenter:
         return self._decode(features, boxes, labels, None, multimask=False)
 
     def segment_clicks(self, features: ImageFeatures, points: np.ndarray,
-                       keep: Callable[[np.ndarray, float], bool] | None = None) -> list[MaskResult | None]:
-        """One mask per single positive click (N, 2) x, y: the best of SAM 2's three by predicted IoU.
+                       keep: Callable[[np.ndarray, float], bool] | None = None,
+                       every_mask: bool = False) -> list[MaskResult | None]:
+        """Masks of single positive clicks (N, 2) x, y: the best of SAM 2's three by predicted IoU, one a click;
+        or with `every_mask` all three (3N, click by click: whole object, part, subpart, in SAM 2's order), as
+        SAM 2's automatic mask generator keeps them.
 
         `keep(low_res_logits, predicted_iou)`, when given, is asked before a mask is upsampled; a mask it turns
         down comes back as None (automatic proposals drop most of a grid's masks this way, unexpanded)."""
         coords = np.asarray(points, dtype=np.float32).reshape(-1, 1, 2)
         labels = np.ones((len(coords), 1), np.int32)
-        return self._decode(features, coords, labels, None, multimask=True, keep=keep)
+        return self._decode(features, coords, labels, None, multimask=True, keep=keep, every_mask=every_mask)
 
     def segment_points(self, features: ImageFeatures, points: np.ndarray, labels: np.ndarray,
                        box: Sequence[float] | None = None, mask_input: np.ndarray | None = None) -> MaskResult:
@@ -165,13 +168,15 @@ class ImageSegmenter:
 
     def _decode(self, features: ImageFeatures, coords: np.ndarray, labels: np.ndarray,
                 mask_input: np.ndarray | None, multimask: bool,
-                keep: Callable[[np.ndarray, float], bool] | None = None) -> list[MaskResult | None]:
-        """Coords (B, P, 2) in image pixels with labels (B, P) -> B masks, in calls of `prompts_per_call`."""
+                keep: Callable[[np.ndarray, float], bool] | None = None,
+                every_mask: bool = False) -> list[MaskResult | None]:
+        """Coords (B, P, 2) in image pixels with labels (B, P) -> B masks (3B with `multimask` and `every_mask`),
+        in calls of `prompts_per_call`."""
         results: list[MaskResult | None] = []
         step = self.prompts_per_call(features)
         for start in range(0, len(coords), step):
-            logits, scores = self._decode_low_res(features, coords[start:start + step],
-                                                  labels[start:start + step], mask_input, multimask)
+            logits, scores = self._decode_low_res(features, coords[start:start + step], labels[start:start + step],
+                                                  mask_input, multimask, every_mask)
             for one, score in zip(logits, scores.tolist()):
                 low_res = one.cpu().numpy().copy()  # not a view that keeps the whole call's logits alive
                 if keep is None or keep(low_res, score):
@@ -182,9 +187,10 @@ class ImageSegmenter:
 
     @torch.inference_mode()
     def _decode_low_res(self, features: ImageFeatures, coords: np.ndarray, labels: np.ndarray,
-                        mask_input: np.ndarray | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder call: (B, 1, s, s) float32 low-res logits and (B,) predicted IoUs, the best of the three
-        masks when `multimask`."""
+                        mask_input: np.ndarray | None, multimask: bool,
+                        every_mask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder call: (B, 1, s, s) float32 low-res logits and (B,) predicted IoUs; with `multimask` the
+        best of the three masks, or all of them with `every_mask` ((3B, 1, s, s), prompt by prompt)."""
         h, w = features.orig_hw
         size = self.model.image_size
         scale = torch.tensor([size / w, size / h], device=self.device)
@@ -205,6 +211,8 @@ class ImageSegmenter:
                 high_res_features=list(features.high_res),
             )
         logits, scores = logits.float(), scores.float()
+        if multimask and every_mask:
+            return logits.clamp(-32.0, 32.0).flatten(0, 1)[:, None], scores.flatten()
         if multimask:
             best = scores.argmax(dim=1)
             rows = torch.arange(len(best), device=best.device)
