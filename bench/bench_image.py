@@ -66,6 +66,22 @@ def bare_decoder(segmenter: ImageSegmenter, features, boxes: np.ndarray, per_cal
     return out
 
 
+def bare_click(segmenter: ImageSegmenter, features, coords: np.ndarray, labels: np.ndarray,
+               mask_input: np.ndarray):
+    """Prompt encoder + mask decoder on one object's box corners and clicks (1, P, 2) with its previous low-res
+    logits as mask input: the least work a refinement click must do."""
+    model = segmenter.model
+    h, w = features.orig_hw
+    scale = torch.tensor([model.image_size / w, model.image_size / h])
+    with torch.inference_mode():
+        points = (torch.as_tensor(coords, dtype=torch.float32) * scale, torch.as_tensor(labels))
+        sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=torch.as_tensor(mask_input)[None])
+        return model.sam_mask_decoder(
+            image_embeddings=features.image_embed, image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+            repeat_image=False, high_res_features=list(features.high_res))
+
+
 def ours(segmenter: ImageSegmenter, features, boxes: np.ndarray) -> int:
     prompts = [BoxPrompt(f"box {k}", box) for k, box in enumerate(boxes)]
     rings = 0
@@ -94,6 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--boxes", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5, help="rounds; the fastest of each counts")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--calls", default="", help="also time the bare decoder in calls of these many boxes, "
+                                                    "e.g. 1,2,4,10,20 (what CPU_DECODER_CALL_BYTES rests on)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -133,8 +151,11 @@ def main(argv=None) -> int:
         "refine": lambda: segmenter.segment_points(features, click, np.array([1, 0]), box=boxes[0],
                                                    mask_input=first.low_res_logits),
         "one_call": lambda: bare_decoder(segmenter, features, boxes[:1]),
+        "same_prompts": lambda: bare_click(segmenter, features,
+                                           np.concatenate([boxes[0].reshape(2, 2), click])[None],
+                                           np.array([[2, 3, 1, 0]]), first.low_res_logits),
     }, args.repeat * 3)
-    refine, one_call = t["refine"], t["one_call"]
+    refine, one_call, same_prompts = t["refine"], t["one_call"], t["same_prompts"]
 
     print(f"model: {args.model}, image 1920x1080, {len(boxes)} boxes, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads")
@@ -147,7 +168,13 @@ def main(argv=None) -> int:
     print(f"  existing approach                                {theirs * 1000:8.1f} ms   {theirs / limit:5.2f}x the limit,"
           f" {theirs / mine:5.2f}x ours")
     print(f"  warm refinement click                            {refine * 1000:8.1f} ms   {refine / one_call:5.2f}x one "
-          f"bare decoder call ({one_call * 1000:.1f} ms)")
+          f"bare decoder call on a box ({one_call * 1000:.1f} ms), {refine / same_prompts:5.2f}x one on the click's "
+          f"own prompts: box, 2 clicks, previous logits ({same_prompts * 1000:.1f} ms)")
+    if args.calls:
+        sizes = [int(n) for n in args.calls.split(",")]
+        t = best_times({n: (lambda n=n: bare_decoder(segmenter, features, boxes, per_call=n)) for n in sizes},
+                       args.repeat)
+        print("  bare decoder on all boxes, in calls of " + ", ".join(f"{n}: {t[n] * 1000:.1f} ms" for n in sizes))
     return 0
 
 
