@@ -30,9 +30,10 @@ _BOX_LABELS = (2, 3)
 
 # The mask decoder copies the image features once per prompt of a call (`repeat_image`). On the CPU a call whose
 # copies outgrow the caches is slower per prompt than smaller calls: hiera-tiny at 1024 px has 16 MiB of features,
-# and its 20 boxes of bench/bench_image.py decoded in one call took 2331 ms, in calls of 2 boxes 1509 ms (2
-# threads). So CPU calls hold at most this many bytes of copies (the micro model's 20 boxes still go in one call).
-# GPUs gain from large calls: there only `max_prompts_per_call` bounds them.
+# and `bench/bench_image.py --model hiera-tiny --threads 2 --calls 1,2,4,10,20` decoded its 20 boxes in 2242 ms in
+# one call, 1289 ms in calls of 2 (1546 ms in calls of 1). So CPU calls hold at most this many bytes of copies (the
+# micro model's 20 boxes, 0.25 MiB of features, still go in one call, its fastest). GPUs gain from large calls:
+# there only `max_prompts_per_call` bounds them.
 CPU_DECODER_CALL_BYTES = 32 * 2**20
 
 
@@ -41,7 +42,7 @@ class MaskResult:
     """One predicted mask.
 
     crop: (h, w) bool, the mask inside the region `origin` (x0, y0) .. (x0 + w, y0 + h) of the image; outside it
-        the mask is empty by construction (see `upsample.region`).
+        the mask is empty by construction (see `upsample.positive_region`).
     score: SAM 2's predicted IoU of the mask.
     low_res_logits: (1, s, s) float32 logits at the decoder's resolution, to feed back as `mask_input`.
     """
