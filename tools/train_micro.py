@@ -311,8 +311,9 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     # oneDNN's multi-threaded kernels do not add up in a fixed order when other work shares the cores: two 12-step
-    # runs side by side differ with it and agree without it (alone, 20 steps take 18 s without, 16 s with). Two
-    # full runs of one seed still part within 100 steps, through some other source not found yet.
+    # runs side by side differ with it and agree without it (alone, 20 steps take 18 s without, 16 s with). Full
+    # runs of one seed still part (within 100 and 300 steps in two tries) through some other source not found
+    # yet, and end up to 0.09 apart on the held-out figures (README).
     torch.backends.mkldnn.enabled = False
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
