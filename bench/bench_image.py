@@ -49,37 +49,28 @@ def best_times(fns: dict, repeat: int) -> dict:
 def bare_decoder(segmenter: ImageSegmenter, features, boxes: np.ndarray, per_call: int | None = None):
     """Prompt encoder + mask decoder on every box, in calls of `per_call` boxes (None: as many as the segmenter
     puts in one call): the least work any approach must do. Returns the last call's outputs."""
-    model = segmenter.model
-    h, w = features.orig_hw
-    scale = torch.tensor([model.image_size / w, model.image_size / h])
     per_call = per_call or segmenter.prompts_per_call(features)
-    with torch.inference_mode():
-        for start in range(0, len(boxes), per_call):
-            chunk = boxes[start:start + per_call]
-            coords = torch.as_tensor(chunk, dtype=torch.float32).reshape(-1, 2, 2) * scale
-            labels = torch.tensor([[2, 3]]).repeat(len(chunk), 1)
-            sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-            out = model.sam_mask_decoder(
-                image_embeddings=features.image_embed, image_pe=model.sam_prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
-                repeat_image=len(chunk) > 1, high_res_features=list(features.high_res))
+    for start in range(0, len(boxes), per_call):
+        chunk = np.asarray(boxes[start:start + per_call], np.float32).reshape(-1, 2, 2)
+        out = bare_call(segmenter, features, chunk, np.tile([2, 3], (len(chunk), 1)))
     return out
 
 
-def bare_click(segmenter: ImageSegmenter, features, coords: np.ndarray, labels: np.ndarray,
-               mask_input: np.ndarray):
-    """Prompt encoder + mask decoder on one object's box corners and clicks (1, P, 2) with its previous low-res
-    logits as mask input: the least work a refinement click must do."""
+def bare_call(segmenter: ImageSegmenter, features, coords: np.ndarray, labels: np.ndarray,
+              mask_input: np.ndarray | None = None):
+    """One prompt encoder + mask decoder call on (B, P, 2) points in image pixels with (B, P) labels, and one
+    object's previous low-res logits as mask input when given (a refinement click)."""
     model = segmenter.model
     h, w = features.orig_hw
     scale = torch.tensor([model.image_size / w, model.image_size / h])
+    masks = None if mask_input is None else torch.as_tensor(mask_input)[None]
     with torch.inference_mode():
         points = (torch.as_tensor(coords, dtype=torch.float32) * scale, torch.as_tensor(labels))
-        sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=torch.as_tensor(mask_input)[None])
+        sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=masks)
         return model.sam_mask_decoder(
             image_embeddings=features.image_embed, image_pe=model.sam_prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
-            repeat_image=False, high_res_features=list(features.high_res))
+            repeat_image=len(coords) > 1, high_res_features=list(features.high_res))
 
 
 def ours(segmenter: ImageSegmenter, features, boxes: np.ndarray) -> int:
@@ -147,13 +138,13 @@ def main(argv=None) -> int:
     # A warm refinement click: a second click on an encoded image, previous logits fed back.
     click = np.array([[boxes[0, 0] + 20, boxes[0, 1] + 20], [boxes[0, 2] - 5, boxes[0, 3] - 5]], np.float32)
     first = segmenter.segment_points(features, click[:1], np.array([1]), box=boxes[0])
+    box_and_clicks = np.concatenate([boxes[0].reshape(2, 2), click])[None]
     t = best_times({
         "refine": lambda: segmenter.segment_points(features, click, np.array([1, 0]), box=boxes[0],
                                                    mask_input=first.low_res_logits),
         "one_call": lambda: bare_decoder(segmenter, features, boxes[:1]),
-        "same_prompts": lambda: bare_click(segmenter, features,
-                                           np.concatenate([boxes[0].reshape(2, 2), click])[None],
-                                           np.array([[2, 3, 1, 0]]), first.low_res_logits),
+        "same_prompts": lambda: bare_call(segmenter, features, box_and_clicks, np.array([[2, 3, 1, 0]]),
+                                          first.low_res_logits),
     }, args.repeat * 3)
     refine, one_call, same_prompts = t["refine"], t["one_call"], t["same_prompts"]
 

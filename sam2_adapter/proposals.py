@@ -2,8 +2,8 @@
 
 The recipe of SAM 2's `SAM2AutomaticMaskGenerator` (one positive click per grid point, multimask output, each of a
 click's three masks a candidate, keep masks whose predicted IoU and stability score are high, remove duplicates),
-written on our `ImageSegmenter` so that it works at any model input size (the micro model's 256 px included), on features from the shared cache, and with
-masks that stay cropped to where they can be non-zero.
+written on our `ImageSegmenter` so that it works at any model input size (the micro model's 256 px included), on
+features from the shared cache, and with masks that stay cropped to where they can be non-zero.
 
 Differences from SAM 2's generator, on purpose:
 
@@ -144,14 +144,16 @@ def propose_masks(segmenter: ImageSegmenter, features: ImageFeatures,
     """Object masks found in the image of `features` without any prompt, best predicted IoU first.
 
     Every grid click is decoded (batches of `points_per_batch`) into SAM 2's three masks (whole, part, subpart),
-    each a candidate, as in SAM 2's automatic mask generator; masks are kept when predicted IoU > `pred_iou_thresh` and stability >= `stability_score_thresh` (both read off
-    the low-res logits, so a rejected mask is never upsampled) and area >= `min_mask_area` (and non-empty);
+    each a candidate, as in SAM 2's automatic mask generator; masks are kept when predicted IoU >
+    `pred_iou_thresh` and stability >= `stability_score_thresh` (both read off the low-res logits, so a rejected
+    mask is never upsampled) and area >= `min_mask_area` (and non-empty);
     then duplicates are removed by mask NMS and at most `max_proposals` kept.
     Deterministic for a given image, model and settings.
     """
     height, width = features.orig_hw
     points = grid_points(settings.points_per_side, height, width)
     candidates: list[Proposal] = []
+
     def stability(low_res: np.ndarray) -> float:
         return stability_score(low_res, segmenter.mask_threshold, settings.stability_offset)
 
