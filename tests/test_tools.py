@@ -24,10 +24,10 @@ def load_tool(name: str):
 
 @pytest.fixture(scope="module")
 def train():
-    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     yield load_tool("train_micro").main
     torch.set_num_threads(threads)  # the training sets both for the whole process
-    torch.backends.mkldnn.enabled = onednn
+    torch.use_deterministic_algorithms(deterministic)
 
 
 TINY_RUN = ["--steps", "2", "--pool", "4", "--pool-steps", "1", "--batch", "2", "--per-image", "1",

@@ -9,7 +9,7 @@ tracked through the memory attention and memory encoder, losses on every frame. 
 (dice on masks, the best of the multimask outputs; L1 on the IoU prediction; BCE on the object score, present and
 absent weighted equally) except that SAM 2's focal term is a BCE, class-balanced for the first steps (see
 `mask_loss`); mask losses are computed on the decoder's low-res logits.
-Everything is seeded; short runs are bitwise reproducible, full runs not yet (see `main`); the checkpoint is
+Everything is seeded and training is bitwise reproducible for a given thread count (see `main`); the checkpoint is
 `{"model": state_dict}`.
 """
 
@@ -310,11 +310,12 @@ def main(argv=None) -> int:
     check_output(args.out)
 
     torch.set_num_threads(args.threads)
-    # oneDNN's multi-threaded kernels do not add up in a fixed order when other work shares the cores: two 12-step
-    # runs side by side differ with it and agree without it (alone, 20 steps take 18 s without, 16 s with). Full
-    # runs of one seed still part (within 100 and 300 steps in two tries) through some other source not found
-    # yet, and end up to 0.09 apart on the held-out figures (README).
-    torch.backends.mkldnn.enabled = False
+    # Bitwise reproducible on a given machine and thread count, whatever else runs on it. Without this flag the
+    # backward of indexing with repeated indices (every object of an image reads that image's features) adds into
+    # the gradient from both threads with atomic adds, in whatever order the threads get there: under load, two
+    # runs of one seed part within a few steps, and full runs ended 0.07 apart on the held-out figures (README).
+    # The flag also puts oneDNN in its deterministic mode.
+    torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
