@@ -293,9 +293,12 @@ def main(argv=None) -> int:
     # scenes seen again and again makes telling the prompts apart pay off fast, and that carries over.
     parser.add_argument("--pool", type=int, default=128, help="scenes of the warm-up pool")
     parser.add_argument("--pool-steps", type=int, default=700, help="first steps drawn from the pool")
-    # Two threads: 0.78 s an image step on an idle 2-core machine against 1.0 s with one. When other jobs share
-    # the cores, take one: two OpenMP workers then wait on each other and a step takes far longer.
-    parser.add_argument("--threads", type=int, default=2)
+    # Two threads: 0.78 s an image step on an idle 2-core machine against 1.0 s with one. The weights depend on the
+    # thread count (it sets how sums split between threads): the shipped checkpoint is the one 2 threads write.
+    # When other jobs share the cores, steps take far longer (two OpenMP workers wait on each other), but the
+    # result stays the same.
+    parser.add_argument("--threads", type=int, default=2,
+                        help="CPU threads; the checkpoint is bitwise the same for the same count (2 ships)")
     parser.add_argument("--position-init", type=float, default=3.0,
                         help="amplitude of the encoder's initial position code (0: SAM 2's zeros)")
     parser.add_argument("--balanced-steps", type=int, default=700,
@@ -313,8 +316,8 @@ def main(argv=None) -> int:
     # Bitwise reproducible on a given machine and thread count, whatever else runs on it. Without this flag the
     # backward of indexing with repeated indices (every object of an image reads that image's features) adds into
     # the gradient from both threads with atomic adds, in whatever order the threads get there: under load, two
-    # runs of one seed part within a few steps, and full runs ended 0.07 apart on the held-out figures (README).
-    # The flag also puts oneDNN in its deterministic mode.
+    # runs of one seed part within a few steps, and full runs ended up to 0.09 apart on the held-out figures
+    # (README). The flag also puts oneDNN in its deterministic mode.
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
