@@ -91,3 +91,26 @@ def test_mask_loss_balance_moves_from_class_averages_to_the_pixel_average():
     missed = torch.full((1, 1, 16, 16), -8.0)
     costs = [mask_loss(missed, target[:1, :1], b).item() for b in (0.0, 0.5, 1.0)]
     assert costs[0] < costs[1] < costs[2]
+
+
+def test_feature_probe_tells_separable_features_from_noise():
+    """The evaluation's encoder diagnostic: an object that one feature channel spells out is found exactly on the
+    cells it was not fitted on; on features of pure noise it is not."""
+    import numpy as np
+
+    from sam2_adapter.embeddings import ImageFeatures
+
+    probe = load_tool("evaluate_micro").feature_probe_iou
+    yy, xx = np.mgrid[:16, :16]
+    target = (yy - 7.5) ** 2 + (xx - 6.5) ** 2 <= 12  # a disc on the 16x16 low-res grid
+    box = np.array([12, 16, 44, 48], np.float32)  # around it, in the 64x64 image's pixels
+    gen = torch.Generator().manual_seed(0)
+
+    def features(first_channel=None):
+        stride4 = torch.randn(1, 4, 16, 16, generator=gen)
+        if first_channel is not None:
+            stride4[0, 0] = torch.from_numpy(first_channel).float()
+        return ImageFeatures(torch.randn(1, 8, 4, 4, generator=gen), (stride4, torch.randn(1, 2, 8, 8)), (64, 64))
+
+    assert probe(features(first_channel=target), target, box) == 1.0
+    assert max(probe(features(), target, box) for _ in range(5)) < 0.5

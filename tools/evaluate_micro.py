@@ -6,6 +6,11 @@
 Prints box-to-mask mIoU, one-click and three-click mIoU (each click at the interior of the largest error region,
 as interactive-segmentation benchmarks place them), tracking mean J (region IoU) on clips where the object stays
 visible with a box prompt on frame 0, and how often the object score marks frames without the object as absent.
+
+Also, to tell a weak encoder from a weak decoder, box masks at the decoder's own resolution against a probe that
+sees the answer: a linear classifier fitted to half of each object's box on the encoder's features and scored on the
+other half (`feature_probe_iou`). A probe near 1 with box masks far below it says the features carry the objects
+and the prompt-conditioned decoder is what falls short.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sam2_adapter.embeddings import ImageFeatures  # noqa: E402
 from sam2_adapter.geometry import mask_iou  # noqa: E402
 from sam2_adapter.models import CheckpointError, load_model, spec_for  # noqa: E402
 from sam2_adapter.scenes import make_clip, make_scene, mask_box, next_click, write_jpeg_folder  # noqa: E402
@@ -31,11 +39,16 @@ HELD_OUT_SEED = 20261122
 
 def evaluate_images(segmenter: ImageSegmenter, rng: np.random.Generator, n_scenes: int) -> dict:
     box_ious, click_ious = [], {1: [], 3: []}
+    low_res_ious, probe_ious = [], []
     for _ in range(n_scenes):
         scene = make_scene(rng)
         features = segmenter.encode(scene.image)
-        for result, target in zip(segmenter.segment_boxes(features, scene.boxes), scene.masks):
+        for result, target, box in zip(segmenter.segment_boxes(features, scene.boxes), scene.masks, scene.boxes):
             box_ious.append(mask_iou(result.full(), target))
+            low_target = low_res(target, result.low_res_logits.shape[-2:])
+            if low_target.sum() >= 4:  # objects of a few low-res cells say nothing about either
+                low_res_ious.append(mask_iou(result.low_res_logits[0] > 0, low_target))
+                probe_ious.append(feature_probe_iou(features, low_target, box))
         for target in scene.masks:
             points, labels, logits = [], [], None
             pred = np.zeros_like(target)
@@ -50,9 +63,54 @@ def evaluate_images(segmenter: ImageSegmenter, rng: np.random.Generator, n_scene
     return {
         "objects": len(box_ious),
         "box_miou": float(np.mean(box_ious)),
+        "box_masks_below_0.3": float(np.mean(np.array(box_ious) < 0.3)),
+        "box_miou_low_res": float(np.mean(low_res_ious)),
+        "feature_probe_miou_low_res": float(np.mean(probe_ious)),
         "one_click_miou": float(np.mean(click_ious[1])),
         "three_click_miou": float(np.mean(click_ious[3])),
     }
+
+
+def low_res(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An image-size mask on the decoder's low-res grid: cells at least half covered."""
+    return cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA) >= 0.5
+
+
+def feature_probe_iou(features: ImageFeatures, target: np.ndarray, box: np.ndarray, margin: int = 4) -> float:
+    """How linearly separable an object is in the encoder's stride-4 features (the map the decoder adds in last
+    before its linear read-out of the mask): a logistic regression fitted to `target` ((s, s) bool on the decoder's
+    low-res grid) over the cells of `box` (image pixels) plus `margin` cells, on every other cell (a
+    checkerboard), and its IoU on the remaining cells.
+
+    A diagnostic that sees the answer, not a model: near 1 says the features carry the object's outline.
+    """
+    s_h, s_w = target.shape
+    level = F.interpolate(features.high_res[0].float(), size=(s_h, s_w), mode="bilinear")[0]
+    h, w = features.orig_hw
+    x0, x1 = (np.array([box[0], box[2]]) * s_w / w).astype(int) + (-margin, margin + 1)
+    y0, y1 = (np.array([box[1], box[3]]) * s_h / h).astype(int) + (-margin, margin + 1)
+    x0, y0 = max(x0, 0), max(y0, 0)
+    x = level[:, y0:y1, x0:x1].flatten(1).T
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    y = torch.from_numpy(target[y0:y1, x0:x1].ravel()).float()
+    rows, cols = np.mgrid[y0:min(y1, s_h), x0:min(x1, s_w)]
+    fit = torch.from_numpy(((rows + cols) % 2 == 0).ravel())
+    weights = torch.zeros(x.shape[1] + 1, requires_grad=True)
+    optimiser = torch.optim.LBFGS([weights], max_iter=60)
+
+    def closure():
+        optimiser.zero_grad()
+        logits = x[fit] @ weights[:-1] + weights[-1]
+        loss = F.binary_cross_entropy_with_logits(logits, y[fit]) + 1e-4 * weights[:-1].square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimiser.step(closure)
+    with torch.no_grad():
+        pred = (x[~fit] @ weights[:-1] + weights[-1] > 0).numpy()
+    truth = y[~fit].numpy() > 0.5
+    return float((pred & truth).sum() / max((pred | truth).sum(), 1))
 
 
 def evaluate_tracking(config: Path, checkpoint: Path, rng: np.random.Generator, n_clips: int, n_frames: int) -> dict:
