@@ -31,7 +31,7 @@ def train():
 
 
 TINY_RUN = ["--steps", "2", "--pool", "4", "--pool-steps", "1", "--batch", "2", "--per-image", "1",
-            "--image-only-steps", "1", "--video-every", "1", "--warmup", "1"]
+            "--image-only-steps", "1", "--video-every", "1", "--warmup", "1", "--decoder-steps", "2"]
 
 
 def test_training_refuses_a_missing_or_unwritable_output(train, tmp_path):
@@ -70,6 +70,18 @@ def test_the_same_seed_trains_the_same_checkpoint(train, tmp_path):
         states.append(torch.load(out, weights_only=True)["model"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+def test_the_decoder_phase_depends_only_on_the_weights_it_starts_from(train, tmp_path):
+    """A whole run equals its joint phase followed, in another process's way, by the decoder phase from that
+    phase's checkpoint (`--init ... --steps 0`): how the shipped checkpoint's last phase can be rerun alone."""
+    whole, joint, split = tmp_path / "whole.pt", tmp_path / "joint.pt", tmp_path / "split.pt"
+    assert train(["--out", str(whole), *TINY_RUN]) == 0
+    assert train(["--out", str(joint), *TINY_RUN, "--decoder-steps", "0"]) == 0
+    assert train(["--out", str(split), "--init", str(joint), *TINY_RUN, "--steps", "0"]) == 0
+    states = [torch.load(path, weights_only=True)["model"] for path in (whole, joint, split)]
+    assert all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # the phase did train
 
 
 def test_mask_loss_balance_moves_from_class_averages_to_the_pixel_average():
