@@ -31,7 +31,8 @@ def train():
 
 
 TINY_RUN = ["--steps", "2", "--pool", "4", "--pool-steps", "1", "--batch", "2", "--per-image", "1",
-            "--image-only-steps", "1", "--video-every", "1", "--warmup", "1", "--decoder-steps", "2"]
+            "--image-only-steps", "1", "--video-every", "1", "--warmup", "1", "--decoder-steps", "2",
+            "--decoder-video-every", "2"]
 
 
 def test_training_refuses_a_missing_or_unwritable_output(train, tmp_path):

@@ -272,8 +272,9 @@ def train_decoder(model, args, size: int, start: float) -> None:
     The decoder, not the encoder, is what holds the box masks back (README: a linear probe on the features
     separates the objects far better than the decoder does), and at the end of the joint phase its learning rate
     has decayed to nothing. Without the encoder's backward pass a step costs a third of a joint one. The
-    object-score loss is off: image steps only ever say "present", and with it on the score learned to say so on
-    every frame. There are no video steps, and tracking gets worse (README): not part of the shipped recipe yet.
+    object-score loss is off in image steps: they only ever say "present", and with it on the score learned to say so on
+    every frame; video steps (`--decoder-video-every`), which have absent frames, keep it. Not part of the shipped
+    recipe (README).
     Seeded on its own, so that it depends only on the weights it starts from: `--init <joint-phase checkpoint>
     --steps 0` gives what a whole run gives."""
     torch.manual_seed(args.seed + 2)
@@ -288,8 +289,11 @@ def train_decoder(model, args, size: int, start: float) -> None:
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     running = []
     for step in range(steps):
-        loss = image_step(model, rng, gen, batch=args.batch, per_image=args.per_image, size=size, balance=0.0,
-                          box_share=1.0, rounds=1, obj_weight=0.0)
+        if args.decoder_video_every and (step + 1) % args.decoder_video_every == 0:
+            loss = video_step(model, rng, gen, clips=3, frames=6, size=size, balance=0.0)
+        else:
+            loss = image_step(model, rng, gen, batch=args.batch, per_image=args.per_image, size=size, balance=0.0,
+                              box_share=1.0, rounds=1, obj_weight=0.0)
         running.append(optimise(loss, opt, sched, params))
         if (step + 1) % args.log_every == 0:
             print(f"decoder step {step + 1}/{steps}  loss {np.mean(running):.3f}  lr {sched.get_last_lr()[0]:.2e}  "
@@ -357,6 +361,8 @@ def main(argv=None) -> int:
                         help="then steps with the image encoder frozen, box prompts only (see train_decoder; "
                              "not part of the shipped recipe, README)")
     parser.add_argument("--decoder-lr", type=float, default=3e-4, help="peak learning rate of those steps")
+    parser.add_argument("--decoder-video-every", type=int, default=0,
+                        help="in that phase every Nth step is a video batch (0: none)")
     parser.add_argument("--validate-every", type=int, default=0, help="print held-out box mIoU every N steps")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=100, help="also write the checkpoint every N steps")
