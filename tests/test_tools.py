@@ -74,8 +74,8 @@ def test_the_same_seed_trains_the_same_checkpoint(train, tmp_path):
 
 
 def test_the_decoder_phase_depends_only_on_the_weights_it_starts_from(train, tmp_path):
-    """A whole run equals its joint phase followed, in another process's way, by the decoder phase from that
-    phase's checkpoint (`--init ... --steps 0`): how the shipped checkpoint's last phase can be rerun alone."""
+    """A whole run equals its joint phase saved and the decoder phase then run from that checkpoint (`--init ...
+    --steps 0`), so the phase can be tried on the shipped checkpoint without retraining it."""
     whole, joint, split = tmp_path / "whole.pt", tmp_path / "joint.pt", tmp_path / "split.pt"
     assert train(["--out", str(whole), *TINY_RUN]) == 0
     assert train(["--out", str(joint), *TINY_RUN, "--decoder-steps", "0"]) == 0

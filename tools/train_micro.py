@@ -271,10 +271,10 @@ def train_decoder(model, args, size: int, start: float) -> None:
 
     The decoder, not the encoder, is what holds the box masks back (README: a linear probe on the features
     separates the objects far better than the decoder does), and at the end of the joint phase its learning rate
-    has decayed to nothing. Without the encoder's backward pass a step costs a third of a joint one. The
-    object-score loss is off in image steps: they only ever say "present", and with it on the score learned to say so on
-    every frame; video steps (`--decoder-video-every`), which have absent frames, keep it. Not part of the shipped
-    recipe (README).
+    has decayed to nothing. A step of one decoder pass on boxes, without the encoder's backward pass, costs about a
+    third of a joint image step. The object-score loss is off in image steps: they only ever say "present", and with
+    it on the score learned to say so on every frame; video steps (`--decoder-video-every`), which have absent
+    frames, keep it. Not part of the shipped recipe (README).
     Seeded on its own, so that it depends only on the weights it starts from: `--init <joint-phase checkpoint>
     --steps 0` gives what a whole run gives."""
     torch.manual_seed(args.seed + 2)
