@@ -87,13 +87,12 @@ def feature_probe_iou(features: ImageFeatures, target: np.ndarray, box: np.ndarr
     s_h, s_w = target.shape
     level = F.interpolate(features.high_res[0].float(), size=(s_h, s_w), mode="bilinear")[0]
     h, w = features.orig_hw
-    x0, x1 = (np.array([box[0], box[2]]) * s_w / w).astype(int) + (-margin, margin + 1)
-    y0, y1 = (np.array([box[1], box[3]]) * s_h / h).astype(int) + (-margin, margin + 1)
-    x0, y0 = max(x0, 0), max(y0, 0)
+    x0, x1 = ((np.array([box[0], box[2]]) * s_w / w).astype(int) + (-margin, margin + 1)).clip(0, s_w)
+    y0, y1 = ((np.array([box[1], box[3]]) * s_h / h).astype(int) + (-margin, margin + 1)).clip(0, s_h)
     x = level[:, y0:y1, x0:x1].flatten(1).T
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
     y = torch.from_numpy(target[y0:y1, x0:x1].ravel()).float()
-    rows, cols = np.mgrid[y0:min(y1, s_h), x0:min(x1, s_w)]
+    rows, cols = np.mgrid[y0:y1, x0:x1]
     fit = torch.from_numpy(((rows + cols) % 2 == 0).ravel())
     weights = torch.zeros(x.shape[1] + 1, requires_grad=True)
     optimiser = torch.optim.LBFGS([weights], max_iter=60)

@@ -255,6 +255,13 @@ def init_positions(model, amplitude: float, rng: np.random.Generator) -> None:
         trunk.pos_embed.copy_(torch.stack(code)[None] * spread * amplitude)
 
 
+def warmup_cosine(opt, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup` steps, then a cosine from the peak learning rate to 0 at `steps`."""
+    warmup, steps = max(warmup, 1), max(steps, 1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+
+
 def optimise(loss: torch.Tensor, opt, sched, params) -> float:
     """One optimiser step on `loss`, gradients clipped to norm 1; returns the loss."""
     opt.zero_grad(set_to_none=True)
@@ -284,9 +291,8 @@ def train_decoder(model, args, size: int, start: float) -> None:
         p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.01)
-    steps, warmup = args.decoder_steps, 50
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    steps = args.decoder_steps
+    sched = warmup_cosine(opt, 50, steps)
     running = []
     for step in range(steps):
         if args.decoder_video_every and (step + 1) % args.decoder_video_every == 0:
@@ -390,9 +396,7 @@ def main(argv=None) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     print(f"model: {sum(p.numel() for p in params) / 1e6:.2f} M parameters, {size} px, seed {args.seed}", flush=True)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    warmup = max(args.warmup, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(args.steps, 1)))))
+    sched = warmup_cosine(opt, args.warmup, args.steps)
 
     pool = [make_scene(rng, size, size) for _ in range(args.pool)]
     held_rng = np.random.default_rng(args.seed + 10_000)  # never drawn by the training
