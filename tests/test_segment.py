@@ -207,9 +207,9 @@ def test_refinement_memory_continues_only_the_same_object():
 
 
 # ------------------------------------------------------------------------------ what an annotator sees, trained model
-# Thresholds sit below what the shipped micro checkpoint gives on these held-out scenes (box mIoU 0.73 over 29
-# objects, 0.17 with x and y swapped; 93 % of masks match their own object best, 93 % cover it to 70 %; 17 of 21
-# spills shrink, 31 % less spill in all), far above what a pipeline that loses the prompt would give (a click
+# Thresholds sit below what the shipped micro checkpoint gives on these held-out scenes (box mIoU 0.74 over 29
+# objects, 0.21 with x and y swapped; 90 % of masks match their own object best, 93 % cover it to 70 %; 20 of 21
+# spills shrink, 38 % less spill in all), far above what a pipeline that loses the prompt would give (a click
 # that did not reach the decoder would shrink no spill).
 
 def test_box_gives_a_mask_covering_the_object_inside_it(segmenter, scenes):

@@ -413,7 +413,7 @@ def trained():
 
 def _weak_checkpoint(what: str):
     """The issue's tracking behaviour that the shipped micro checkpoint does not show yet (its tracking mean J is
-    0.38 on held-out clips, tools/evaluate_micro.py): expected to fail until a better checkpoint ships; the
+    0.40 on held-out clips, tools/evaluate_micro.py): expected to fail until a better checkpoint ships; the
     tracker's agreement with SAM2VideoPredictor on the same weights is tested separately."""
     return pytest.mark.xfail(strict=False, reason=f"shipped micro checkpoint: {what}")
 
@@ -461,7 +461,7 @@ def _big_enough(clip, obj: int, area: int) -> bool:
 
 @needs_trained
 @_weak_checkpoint("the mask spreads beyond the object as it moves: mean IoU 0.69 over the frames, but by the "
-                  "last frame its box ends 78 px from the object's")
+                  "last frame its box ends 77 px from the object's")
 def test_trained_moving_object_is_followed(trained):
     clip = _find_clip(11, lambda c: c.visible[:, 0].all() and _big_enough(c, 0, 400), n_frames=16, n_objects=2,
                       leave_view=False)
@@ -490,7 +490,8 @@ def test_trained_object_leaving_the_view_is_absent_then_picked_up(trained):
 
 
 @needs_trained
-@_weak_checkpoint("the negative click on frame 6 leaves frames 7-11 within IoU 0.95 of the uncorrected track")
+@_weak_checkpoint("the negative click on frame 6 changes frames 7-11 too little: IoU 0.998 to 0.951 with the "
+                  "uncorrected track (the test wants one below 0.95), though 17 % less of it lies on the other object")
 def test_trained_correction_click_changes_the_following_frames(trained):
     clip = _find_clip(13, lambda c: c.visible.all() and _big_enough(c, 0, 300) and _big_enough(c, 1, 300),
                       n_frames=12, n_objects=2, leave_view=False)
@@ -515,8 +516,6 @@ def test_trained_correction_click_changes_the_following_frames(trained):
 
 
 @needs_trained
-@_weak_checkpoint("the ring prompted by its mask is lost after the prompt frame (IoU 0.002 to 0.012 on the "
-                  "following frames)")
 def test_trained_mask_prompt_keeps_its_holes(trained):
     def has_big_hole(c):
         return "ring" in c.kinds and _hole(c.masks[0, c.kinds.index("ring")]).sum() >= 60

@@ -5,7 +5,8 @@
 Image path: up to six objects of each image, each prompted by a box or by one positive click, then two correction
 clicks sampled in the error region with the previous low-res logits fed back as mask input. Video path: a box,
 click or mask prompt on frame 0 of a clip (every other clip has an object leaving the view), the following frames
-tracked through the memory attention and memory encoder, losses on every frame. Losses follow the SAM 2 paper
+tracked through the memory attention and memory encoder, losses on every frame. A last phase trains all but the
+image encoder at a restarted learning rate, on box prompts and clips (`train_decoder`). Losses follow the SAM 2 paper
 (dice on masks, the best of the multimask outputs; L1 on the IoU prediction; BCE on the object score, present and
 absent weighted equally) except that SAM 2's focal term is a BCE, class-balanced for the first steps (see
 `mask_loss`); mask losses are computed on the decoder's low-res logits.
@@ -273,15 +274,16 @@ def optimise(loss: torch.Tensor, opt, sched, params) -> float:
 
 
 def train_decoder(model, args, size: int, start: float) -> None:
-    """An optional last phase: the image encoder frozen, the prompt encoder and mask decoder trained on fresh scenes
-    with box prompts, the learning rate restarted (`--decoder-lr`, cosine to 0 over `--decoder-steps`).
+    """The last phase: the image encoder frozen, everything else trained on fresh scenes with box prompts and, every
+    `--decoder-video-every` steps, on clips; the learning rate restarted (`--decoder-lr`, cosine to 0 over
+    `--decoder-steps`).
 
     The decoder, not the encoder, is what holds the box masks back (README: a linear probe on the features
     separates the objects far better than the decoder does), and at the end of the joint phase its learning rate
     has decayed to nothing. A step of one decoder pass on boxes, without the encoder's backward pass, costs about a
     third of a joint image step. The object-score loss is off in image steps: they only ever say "present", and with
     it on the score learned to say so on every frame; video steps (`--decoder-video-every`), which have absent
-    frames, keep it. Not part of the shipped recipe (README).
+    frames, keep it; without them tracking got worse (README).
     Seeded on its own, so that it depends only on the weights it starts from: `--init <joint-phase checkpoint>
     --steps 0` gives what a whole run gives."""
     torch.manual_seed(args.seed + 2)
@@ -339,7 +341,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", type=Path, default=spec_for("micro").config_path)
     parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint instead of scratch")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=2600, help="steps of the joint phase (everything trained)")
+    parser.add_argument("--steps", type=int, default=2300, help="steps of the joint phase (everything trained)")
     parser.add_argument("--image-only-steps", type=int, default=1600, help="first steps without video batches")
     parser.add_argument("--video-every", type=int, default=3, help="after those, every Nth step is a video batch")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -363,11 +365,11 @@ def main(argv=None) -> int:
                              "--balance-ramp steps (see mask_loss)")
     parser.add_argument("--balance-ramp", type=int, default=300,
                         help="steps from the class-balanced BCE to the pixel average")
-    parser.add_argument("--decoder-steps", type=int, default=0,
-                        help="then steps with the image encoder frozen, box prompts only (see train_decoder; "
-                             "not part of the shipped recipe, README)")
+    parser.add_argument("--decoder-steps", type=int, default=800,
+                        help="then steps with the image encoder frozen and the learning rate restarted (see "
+                             "train_decoder)")
     parser.add_argument("--decoder-lr", type=float, default=3e-4, help="peak learning rate of those steps")
-    parser.add_argument("--decoder-video-every", type=int, default=0,
+    parser.add_argument("--decoder-video-every", type=int, default=2,
                         help="in that phase every Nth step is a video batch (0: none)")
     parser.add_argument("--validate-every", type=int, default=0, help="print held-out box mIoU every N steps")
     parser.add_argument("--log-every", type=int, default=100)
