@@ -5,9 +5,11 @@ import importlib.util
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from sam2_adapter.embeddings import ImageFeatures
 from sam2_adapter.models import spec_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,10 +111,6 @@ def test_mask_loss_balance_moves_from_class_averages_to_the_pixel_average():
 def test_feature_probe_tells_separable_features_from_noise():
     """The evaluation's encoder diagnostic: an object that one feature channel spells out is found exactly on the
     cells it was not fitted on; on features of pure noise it is not."""
-    import numpy as np
-
-    from sam2_adapter.embeddings import ImageFeatures
-
     probe = load_tool("evaluate_micro").feature_probe_iou
     yy, xx = np.mgrid[:16, :16]
     target = (yy - 7.5) ** 2 + (xx - 6.5) ** 2 <= 12  # a disc on the 16x16 low-res grid
