@@ -150,9 +150,9 @@ def mask_to_polygons(
 
     Args:
         mask: (H, W) bool (nonzero = inside). Parts are 8-connected (OpenCV's rule), holes 4-connected.
-        tolerance: Douglas-Peucker tolerance in pixels (``cv2.approxPolyDP``; a part with holes runs the same
-            recursion over all its chains at once): no traced boundary pixel centre is further than this from
-            the simplified ring. 0 keeps every corner (exact round trip). It is an upper bound, see ``min_iou``.
+        tolerance: Douglas-Peucker tolerance in pixels (``cv2.approxPolyDP``): no traced boundary pixel
+            centre is further than this from the simplified ring. 0 keeps every corner (exact round trip).
+            It is an upper bound, see ``min_iou``.
         min_area: parts with fewer pixels than this are dropped (see ``DEFAULT_MIN_AREA`` for why 8).
         min_hole_area: holes with fewer pixels than this are filled; ``None`` (default) means ``min_area``,
             the same rule as for specks. Pass 0 to keep every hole, pin-holes included.
@@ -208,9 +208,10 @@ def mask_to_polygons(
 
     parts: list[tuple[float, np.ndarray]] = []
     for i, (a, b), area in zip(outer.tolist(), bounds, areas[outer].tolist()):
-        # A ring that differs from the part by d >= 1 pixels has IoU <= area / (area + d): below the floor
-        # for every d when area < floor / (1 - floor) (49 pixels at 0.98). Such a part can only come back
+        # A ring that differs from the part's n pixels in d >= 1 of them has IoU <= n / (n + d): below the
+        # floor for every d when n < floor / (1 - floor) (49 pixels at 0.98). Such a part can only come back
         # exactly, so it is traced exactly rather than simplified and checked (a noisy mask has thousands).
+        # `area` leaves out the pin-holes that the ring fills (n >= area), which only errs towards exact.
         part_tol = tol if (1 - floor) * area >= floor else 0.0
         ring = _part_ring(contours[i], [contours[k] for k in kept[a:b].tolist()], part_tol, floor)
         parts.append((area, ring.astype(np.float64)))
@@ -375,7 +376,7 @@ class _Keyhole:
         # Work in the part's bounding box. `solid`: the part's pixels with its small holes filled (cuts run
         # through those as through the part); also the reference for min_iou. A hole's traced ring runs
         # through the part's own pixels around it, so the kept holes are cleared and their rings drawn back
-        # (one call each for all holes: their insides are disjoint, so filling them together is their union).
+        # (all holes in one call: their insides are disjoint, so filling them together fills their union).
         x, y, w, h = cv2.boundingRect(outer)
         local = pts - (x, y)
         local32 = local.astype(np.int32).reshape(-1, 1, 2)  # for OpenCV's drawing functions
@@ -385,19 +386,11 @@ class _Keyhole:
         cv2.fillPoly(solid, hole_rings, 0, lineType=cv2.LINE_8)
         cv2.polylines(solid, hole_rings, True, 1, lineType=cv2.LINE_8)
         self.solid = solid.view(bool)
-        # `label`, over the holes' bounding box and only read where cuts end: which hole (0-based), -1 outside.
-        # Each kept hole's cleared pixels are one 4-connected region of non-solid pixels, and a hole's
-        # topmost-leftmost traced pixel sits right above its own topmost-leftmost pixel (findContours traces
-        # the part's pixels 4-adjacent to the hole), so one labelling pass names every hole.
+        # `label`, over the holes' bounding box and only read where cuts end: 1 + hole index on each hole.
         hx, hy, hw, hh = cv2.boundingRect(local32[size[0] :])
-        n_labels, regions = cv2.connectedComponents(1 - solid[hy : hy + hh, hx : hx + hw], connectivity=4,
-                                                    ltype=cv2.CV_32S)
-        corner = np.minimum.reduceat(local[:, 1] * w + local[:, 0], first)[1:]  # topmost, then leftmost
-        inside = regions[corner // w + 1 - hy, corner % w - hx]
-        hole_of = np.full(n_labels, -1, np.int64)
-        hole_of[inside] = np.arange(n_holes)
-        if inside.min() == 0 or np.count_nonzero(hole_of >= 0) != n_holes:
-            raise RuntimeError("keyhole: a hole's pixels are not where its traced contour says")
+        label = np.zeros((hh, hw), np.uint16 if n_holes < 65536 else np.int32)
+        for k, ring in enumerate(hole_rings):
+            cv2.fillPoly(label, [ring], k + 1, lineType=cv2.LINE_8, offset=(-hx, -hy))
 
         # Candidate cuts: from each hole's extreme vertex p in each direction (its first such vertex) to the
         # first pixel b beyond `solid`, by a binary search among the non-solid pixels of the rows (columns)
@@ -422,7 +415,7 @@ class _Keyhole:
         in_label = b - (hx, hy)
         seen = ((in_label >= 0) & (in_label < (hw, hh))).all(axis=2)
         in_label[~seen] = 0
-        target = np.where(seen, hole_of[regions[in_label[..., 1], in_label[..., 0]]], -1)  # -1: outside
+        target = np.where(seen, label[in_label[..., 1], in_label[..., 0]], 0).astype(np.int64) - 1  # -1: outside
         rank = np.empty(n_holes, np.int64)
         rank[np.argsort(p[:, 0, 0], kind="stable")] = np.arange(n_holes)
         usable = (target < 0) | (rank[np.maximum(target, 0)] < rank[:, None])
@@ -461,13 +454,13 @@ class _Keyhole:
         # Sort key: ring, then position from the start, then vertex (0) before q (1) before the close (2).
         kind = np.concatenate([np.zeros(len(pts), np.int64), np.ones(n_holes, np.int64), np.full(n_rings, 2)])
         order = np.argsort((ring_at * (length.max() + 1) + from_start) * 3 + kind)
-        self._seq = np.concatenate([pts, q + (x, y), pts[start]])[order]
+        seq = np.concatenate([pts, q + (x, y), pts[start]])[order].astype(np.int32)
         kind = kind[order]
         ends = np.flatnonzero(kind)
         # A chain begins where the one before it ends, or just after it if that one closed its ring.
         begins = np.concatenate([[0], ends[:-1] + (kind[ends[:-1]] == 2)])
-        self._begins, self._ends = begins, ends
-        self._closed = (self._seq[begins] == self._seq[ends]).all(axis=1)  # a whole ring cut at a single point
+        self._chains = [seq[a : e + 1] for a, e in zip(begins.tolist(), ends.tolist())]
+        self._closed = (seq[begins] == seq[ends]).all(axis=1).tolist()  # a whole ring cut at a single point
         self._chain_ring = ring_at[order[ends]]
 
         # The walk: each chain, then (if it ends at a child's q) the child's whole ring, then the next chain.
@@ -482,88 +475,45 @@ class _Keyhole:
             if then[c]:
                 stack.append(c + 1)
                 stack.append(first_chain[then[c]])
-        self._walk = np.array(walk, np.int64)
+        self._walk = walk
 
     def ring(self, tol: float) -> np.ndarray:
         """The keyhole ring, each chain simplified with Douglas-Peucker ``tol`` (0: the traced ring)."""
-        seq, begins, ends = self._seq, self._begins, self._ends
+        chains = self._chains
         if tol > 0:
-            keep = _douglas_peucker(seq, begins, ends, self._closed, tol)
+            simple = [_simplify_chain(c, tol, closed) for c, closed in zip(chains, self._closed)]
             # A ring that DP collapses (zero area) or turns inside out keeps its traced chains, as _simplify
-            # keeps a traced ring. Edges join consecutive kept points of one chain; a chain's points are
-            # seq[begins[k]] .. seq[ends[k]], and the next chain starts at its end or just after it.
-            kept = np.flatnonzero(keep)
-            chain = np.searchsorted(begins, kept[:-1], side="right") - 1
-            a, b = seq[kept[:-1]], seq[kept[1:]]
-            cross = np.where(kept[1:] <= ends[chain], a[:, 0] * b[:, 1] - b[:, 0] * a[:, 1], 0)
-            area2 = np.bincount(self._chain_ring[chain], cross.astype(np.float64), minlength=len(self._sign))
+            # keeps a traced ring.
+            sizes = np.fromiter(map(len, simple), np.int64, len(simple))
+            flat = np.concatenate(simple).astype(np.int64)
+            cross = np.append(flat[:-1, 0] * flat[1:, 1] - flat[1:, 0] * flat[:-1, 1], 0)
+            cross[np.cumsum(sizes) - 1] = 0  # a chain's last point and the next chain's first: no edge
+            area2 = np.bincount(np.repeat(self._chain_ring, sizes), cross.astype(np.float64),
+                                minlength=len(self._sign))
             bad = (area2 * self._sign <= 0)[self._chain_ring]
-            if bad.any():
-                cover = np.zeros(len(seq) + 1, np.int64)
-                np.add.at(cover, begins[bad], 1)
-                np.add.at(cover, ends[bad] + 1, -1)
-                keep |= np.cumsum(cover[:-1]) > 0
-        else:
-            keep = np.ones(len(seq), bool)
-        # The chains' kept points in walk order, chain after chain.
-        kept = np.flatnonzero(keep)
-        count = np.concatenate([[0], np.cumsum(keep)])
-        first, n = count[begins][self._walk], (count[ends + 1] - count[begins])[self._walk]
-        at = np.repeat(first - (np.cumsum(n) - n), n) + np.arange(n.sum())
-        ring = seq[kept[at]]
+            chains = [c if b else s for c, s, b in zip(chains, simple, bad.tolist())]
+        ring = np.concatenate([chains[i] for i in self._walk]).astype(np.int64)
         # Zero-length cuts (a 1-pixel wall) and chains ending where the next starts repeat points: drop them.
         keep = np.any(ring != np.roll(ring, 1, axis=0), axis=1)
         return ring[keep] if keep.sum() >= 3 else ring
 
 
-def _douglas_peucker(pts: np.ndarray, begins: np.ndarray, ends: np.ndarray, closed: np.ndarray,
-                     tol: float) -> np.ndarray:
-    """Douglas-Peucker of many chains at once: which points of ``pts`` (int64 ``x, y``) to keep.
+def _simplify_chain(chain: np.ndarray, tol: float, closed: bool) -> np.ndarray:
+    """Douglas-Peucker of an open int32 chain, keeping both ends.
 
-    Chain k is ``pts[begins[k]] .. pts[ends[k]]``, its ends always kept; every other point is kept only if
-    dropping it would leave a traced point further than ``tol`` from the simplified chain (the classic
-    recursion, run breadth-first over all chains' open segments together). A ``closed`` chain (it ends where
-    it starts) is first split at its point farthest from there: DP measures distances from the end-to-end
-    chord, which would be a single point.
+    A chain that ends where it starts (a whole ring cut at a single point) is first split at its point
+    farthest from there: DP measures distances from the end-to-end chord, which would be a single point.
     """
-    keep = np.zeros(len(pts), bool)
-    keep[begins] = keep[ends] = True
-    lo, hi = begins[~closed], ends[~closed]
-    if closed.any():
-        a, e = begins[closed], ends[closed]
-        idx, seg, first = _segment_points(a, e + 1)
-        far2 = ((pts[idx] - pts[a][seg]) ** 2).sum(axis=1)
-        best = np.maximum.reduceat(far2, first)
-        far = np.minimum.reduceat(np.where(far2 == best[seg], idx, len(pts)), first)[best > 0]
-        keep[far] = True
-        lo = np.concatenate([lo, a[best > 0], far])
-        hi = np.concatenate([hi, far, e[best > 0]])
-    x, y = pts[:, 0].astype(np.float64), pts[:, 1].astype(np.float64)
-    tol2 = float(tol) ** 2
-    while True:
-        open_ = hi - lo >= 2
-        lo, hi = lo[open_], hi[open_]
-        if not len(lo):
-            return keep
-        idx, seg, first = _segment_points(lo + 1, hi)
-        x0, y0 = x[lo], y[lo]
-        dx, dy = x[hi] - x0, y[hi] - y0
-        # |chord| x each point's distance from the chord (exact: coordinates are integers)
-        dist = np.abs((x[idx] - x0[seg]) * dy[seg] - (y[idx] - y0[seg]) * dx[seg])
-        worst = np.maximum.reduceat(dist, first)
-        split = worst ** 2 > tol2 * (dx ** 2 + dy ** 2)
-        at = np.minimum.reduceat(np.where(dist == worst[seg], idx, len(pts)), first)[split]
-        keep[at] = True
-        lo, hi = np.concatenate([lo[split], at]), np.concatenate([at, hi[split]])
-
-
-def _segment_points(start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The indices start[k] .. stop[k] - 1 of every (non-empty) range k, concatenated; each index's range k;
-    and where each range begins in the concatenation (for ``np.*.reduceat``)."""
-    n = stop - start
-    first = np.cumsum(n) - n
-    seg = np.repeat(np.arange(len(n)), n)
-    return np.arange(n.sum()) - first[seg] + start[seg], seg, first
+    if len(chain) <= 2:
+        return chain
+    if closed:
+        far = int(((chain - chain[0]).astype(np.int64) ** 2).sum(axis=1).argmax())
+        if far == 0:
+            return chain[[0, -1]]
+        head = cv2.approxPolyDP(chain[: far + 1], tol, False).reshape(-1, 2)
+        tail = cv2.approxPolyDP(chain[far:], tol, False).reshape(-1, 2)
+        return np.concatenate([head, tail[1:]])
+    return cv2.approxPolyDP(chain, tol, False).reshape(-1, 2)
 
 
 def polygons_to_mask(polygons: Sequence, height: int, width: int) -> np.ndarray:

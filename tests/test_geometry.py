@@ -187,58 +187,6 @@ def test_tolerance_zero_is_exact_on_random_masks():
         assert mask_iou(polygons_to_mask(polys, size, size), m) >= DEFAULT_MIN_IOU, k
 
 
-def _dp_reference(chain: np.ndarray, tol: float) -> set[int]:
-    """Textbook recursive Douglas-Peucker of one open chain: the indices it keeps."""
-    keep, stack = {0, len(chain) - 1}, [(0, len(chain) - 1)]
-    while stack:
-        lo, hi = stack.pop()
-        if hi - lo < 2:
-            continue
-        (x0, y0), (x1, y1) = chain[lo], chain[hi]
-        dist = [abs((x - x0) * (y1 - y0) - (y - y0) * (x1 - x0)) for x, y in chain[lo + 1:hi]]
-        worst = max(dist)
-        if worst ** 2 > tol ** 2 * ((x1 - x0) ** 2 + (y1 - y0) ** 2):
-            at = lo + 1 + dist.index(worst)
-            keep.add(at)
-            stack += [(lo, at), (at, hi)]
-    return keep
-
-
-@pytest.mark.parametrize("tol", [0.5, 1.0, 2.5])
-def test_douglas_peucker_over_many_chains_is_the_textbook_recursion(tol):
-    """Rings with holes are simplified chain by chain in one vectorised pass; it must keep exactly the points the
-    plain recursion keeps, and every dropped point must lie within the tolerance of the segment replacing it."""
-    rng = np.random.default_rng(3)
-    steps = np.array([(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if dx or dy])
-    chains, closed = [], []
-    for k in range(60):
-        walk = np.cumsum(steps[rng.integers(0, 8, int(rng.integers(2, 80)))], axis=0)
-        if k % 3 == 0:  # a closed chain: ends where it starts, as a whole hole ring cut at one point
-            walk = np.concatenate([walk, walk[:1]])
-        chains.append(walk)
-        closed.append(bool(np.array_equal(walk[0], walk[-1])))
-    sizes = np.array([len(c) for c in chains])
-    ends = np.cumsum(sizes) - 1
-    begins = ends - sizes + 1
-    pts = np.concatenate(chains).astype(np.int64)
-    keep = geometry._douglas_peucker(pts, begins, ends, np.array(closed), tol)
-    for chain, a, e, is_closed in zip(chains, begins, ends, closed):
-        got = set(np.flatnonzero(keep[a:e + 1]).tolist())
-        if is_closed:  # split at the point farthest from the start, then each half on its own
-            far = int(((chain - chain[0]) ** 2).sum(axis=1).argmax())
-            want = {0, len(chain) - 1} if far == 0 else (
-                _dp_reference(chain[:far + 1], tol) | {far + i for i in _dp_reference(chain[far:], tol)})
-        else:
-            want = _dp_reference(chain, tol)
-        assert got == want
-        kept = sorted(got)
-        for lo, hi in zip(kept, kept[1:]):
-            (x0, y0), (x1, y1) = chain[lo], chain[hi]
-            norm = math.hypot(x1 - x0, y1 - y0)
-            for x, y in chain[lo + 1:hi]:
-                assert abs((x - x0) * (y1 - y0) - (y - y0) * (x1 - x0)) <= tol * norm + 1e-9
-
-
 def test_parts_too_small_to_simplify_come_back_exactly_and_large_ones_are_simplified():
     mask = np.zeros((80, 120), bool)
     cv2.circle(mask.view(np.uint8), (12, 12), 3, 1, -1)  # 29 pixels: one changed pixel is already IoU < 0.98

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
+from sam2_adapter import upsample
 from sam2_adapter.embeddings import EmbeddingCache, ImageFeatures
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import enclosing_box, mask_iou, rotated_box_mask, validate_box
@@ -71,14 +72,24 @@ def test_region_upsampling_equals_full_interpolation(segmenter, hw, cells):
     assert result.area > 0
 
 
-def test_upsampling_noise_over_the_whole_image_equals_full_interpolation():
-    torch.manual_seed(0)
-    logits = torch.randn(256, 256)  # what random weights give: positive cells everywhere
+@pytest.mark.parametrize("macs_per_pixel", [0, 10**9], ids=["whole-image interpolation", "region products"])
+@pytest.mark.parametrize("cells", [64, 256])
+def test_upsampling_noise_over_the_whole_image_equals_full_interpolation(monkeypatch, macs_per_pixel, cells):
+    """Either way of upsampling (the cheaper is picked by its cost) gives F.interpolate's mask."""
+    monkeypatch.setattr(upsample, "FULL_INTERPOLATION_MACS_PER_PIXEL", macs_per_pixel)
+    torch.manual_seed(cells)
+    logits = torch.randn(cells, cells)  # what random weights give: positive cells everywhere
     crop, origin = upsample_logits(logits, (300, 451), 0.0)
     full = F.interpolate(logits[None, None], (300, 451), mode="bilinear", align_corners=False)[0, 0]
     assert origin == (0, 0) and crop.shape == (300, 451)
     differ = crop != (full > 0).numpy()
     assert np.abs(full.numpy()[differ]).max(initial=0) < 1e-4
+    region = torch.full((cells, cells), -8.0)
+    region[cells // 4:cells // 2, cells // 3:cells // 2] = 4.0
+    crop, (x0, y0) = upsample_logits(region, (300, 451), 0.0)
+    full = F.interpolate(region[None, None], (300, 451), mode="bilinear", align_corners=False)[0, 0] > 0
+    assert full.sum() == crop.sum() > 0
+    assert np.array_equal(full[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]].numpy(), crop)
     assert upsample_logits(torch.full((64, 64), -3.0), (300, 451), 0.0) is None
 
 
