@@ -37,13 +37,15 @@ def upsample_logits(logits: torch.Tensor, image_hw: tuple[int, int],
     if bounds is None:
         return None
     x0, y0, x1, y1 = bounds
-    ay, r0, r1 = interpolation_weights(y0, y1, logits.shape[0], image_hw[0], logits.device)
-    ax, c0, c1 = interpolation_weights(x0, x1, logits.shape[1], image_hw[1], logits.device)
-    products = (y1 - y0) * (c1 - c0) * ((r1 - r0) + (x1 - x0))
-    if products > FULL_INTERPOLATION_MACS_PER_PIXEL * image_hw[0] * image_hw[1]:
+    (height, width), (s_h, s_w) = image_hw, logits.shape
+    # The products' multiply-adds: the region's rows x the cells across it x (the cells down it + its columns).
+    products = (y1 - y0) * ((x1 - x0) * s_w / width) * ((y1 - y0) * s_h / height + (x1 - x0))
+    if products > FULL_INTERPOLATION_MACS_PER_PIXEL * height * width:
         full = F.interpolate(logits[None, None].float(), image_hw, mode="bilinear", align_corners=False)[0, 0]
         crop = full[y0:y1, x0:x1].cpu().numpy() > threshold
     else:
+        ay, r0, r1 = interpolation_weights(y0, y1, s_h, height, logits.device)
+        ax, c0, c1 = interpolation_weights(x0, x1, s_w, width, logits.device)
         crop = (ay @ logits[r0:r1, c0:c1].float() @ ax.T).cpu().numpy() > threshold
     if not crop.any():
         return None
