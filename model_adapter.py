@@ -431,12 +431,16 @@ class ModelAdapter(dl.BaseModelAdapter):
             if not builder.annotations:
                 self._report(item, f"item {item.id}: no proposals passed the filters")
             return
-        prompts = [_box_prompt(a) for a in prepared.boxes]
-        for source, outcome in zip(prepared.boxes, segment_box_prompts(self.segmenter, prepared.features, prompts)):
+        sources = prepared.boxes
+        outcomes = segment_box_prompts(
+            self.segmenter, prepared.features, [_box_prompt(a) for a in sources],
+            then=lambda k, result: self._mask_annotations(item, result, sources[k].label, sources[k].attributes,
+                                                          _metadata(sources[k])))
+        for outcome in outcomes:
             if isinstance(outcome, InputError):
                 self._report(item, str(outcome))
                 continue
-            self._add_results(builder, outcome, source.label, source.attributes, _metadata(source))
+            builder.annotations.extend(outcome)
 
     def _predict_video(self, prepared: "PreparedItem", builder: dl.AnnotationCollection) -> None:
         """Every box, polygon and mask annotation of a video followed both ways from its drawn frames (the whole
@@ -458,11 +462,19 @@ class ModelAdapter(dl.BaseModelAdapter):
             self._report(item, f"item {item.id}: {failure}")
 
     def _add_results(self, builder, result: MaskResult, label, attributes, metadata: dict) -> None:
-        kinds = ("segmentation", "polygon") if self.settings.output_type == "both" else (self.settings.output_type,)
+        builder.annotations.extend(self._mask_annotations(builder.item, result, label, attributes, metadata))
+
+    def _mask_annotations(self, item: dl.Item, result: MaskResult, label, attributes, metadata: dict,
+                          kinds: Sequence[str] | None = None) -> list[dl.Annotation]:
+        """The annotations of one mask, of each kind in `kinds` (default: the `output_type` setting's)."""
+        if kinds is None:
+            kinds = ("segmentation", "polygon") if self.settings.output_type == "both" else (self.settings.output_type,)
         info = {"name": self._model_label, "confidence": round(result.score, 4)}
+        builder = item.annotations.builder()
         for kind in kinds:
             for definition in self._definitions(result, label, attributes, kind):
                 builder.add(annotation_definition=definition, automated=True, metadata=metadata, model_info=info)
+        return builder.annotations
 
     def _report(self, item: dl.Item, message: str) -> None:
         log.warning(message)
@@ -491,20 +503,22 @@ class ModelAdapter(dl.BaseModelAdapter):
         if not prompts:
             return []
         features, _ = self._features(item)
-        outcomes = segment_box_prompts(self.segmenter, features, prompts)
+
+        def to_json(k: int, result: MaskResult) -> list[dict]:
+            # on segment_box_prompts' worker: polygons and PNGs are made while the decoder runs the next boxes
+            source = sources[k]
+            new = [a.to_json() for a in self._mask_annotations(item, result, source.label, source.attributes,
+                                                               _metadata(source), (kind,))]
+            if new:
+                new[0]["id"] = source.id  # the studio replaces the box in place
+            return new
+
         results, failures = [], []
-        builder = item.annotations.builder()
-        for source, outcome in zip(sources, outcomes):
+        for outcome in segment_box_prompts(self.segmenter, features, prompts, then=to_json):
             if isinstance(outcome, InputError):
                 failures.append(str(outcome))
-                continue
-            for n, definition in enumerate(self._definitions(outcome, source.label, source.attributes, kind)):
-                builder.add(annotation_definition=definition, automated=True, metadata=_metadata(source),
-                            model_info={"name": self._model_label, "confidence": round(outcome.score, 4)})
-                new = builder.annotations[-1].to_json()
-                if n == 0:
-                    new["id"] = source.id
-                results.append(new)
+            else:
+                results.extend(outcome)
         for failure in failures:
             log.warning("item %s: %s", item.id, failure)
         if progress is not None and failures:

@@ -1,5 +1,6 @@
 """Image prediction through the real SAM 2 path with the micro model: what an annotator would see."""
 
+import os
 import threading
 
 import numpy as np
@@ -136,6 +137,64 @@ def test_bad_boxes_are_reported_and_the_others_still_segmented(segmenter, scenes
     direct = segmenter.segment_boxes(segmenter.encode(scene.image), scene.boxes[:2])
     assert mask_iou(outcomes[0].full(), direct[0].full()) >= 0.99
     assert mask_iou(outcomes[5].full(), direct[1].full()) >= 0.99, "inverted corners are put in order"
+
+
+def test_then_runs_on_each_mask_beside_the_decoder_in_order(micro_model, scenes):
+    """Box to Polygon traces each mask on segment_box_prompts' worker while the decoder runs the next boxes."""
+    scene = scenes[2]
+    segmenter = ImageSegmenter(micro_model, max_prompts_per_call=1, overlap_then=True)  # one decoder call a box
+    features = segmenter.encode(scene.image)
+    prompts = [BoxPrompt("annotation flat-box", [10, 10, 10, 50])]
+    prompts += [BoxPrompt(f"annotation {k}", box) for k, box in enumerate(scene.boxes)]
+    plain = segment_box_prompts(segmenter, features, prompts)
+
+    decode, calls, second_call = segmenter._decode_low_res, [], threading.Event()
+
+    def counted(*args, **kwargs):  # the real decoder call, counted
+        calls.append(len(calls))
+        if len(calls) == 2:
+            second_call.set()
+        return decode(*args, **kwargs)
+
+    segmenter._decode_low_res = counted
+    seen = []
+
+    def then(k, result):
+        if not seen:  # the decoder starts on the next box only if this first mask's work runs beside it
+            assert second_call.wait(timeout=60), "the decoder waited for the geometry of the first mask"
+        seen.append((k, threading.current_thread().name))
+        return k, result
+
+    outcomes = segment_box_prompts(segmenter, features, prompts, then=then)
+    assert len(calls) == len(scene.boxes)
+    masked = [k for k, outcome in enumerate(plain) if not isinstance(outcome, InputError)]
+    assert len(masked) >= 2 and [k for k, _ in seen] == masked
+    assert all(name.startswith("sam2-geometry") for _, name in seen)
+    for k, (outcome, expected) in enumerate(zip(outcomes, plain)):
+        if isinstance(expected, InputError):
+            assert isinstance(outcome, InputError) and str(outcome) == str(expected)
+        else:
+            assert outcome[0] == k and np.array_equal(outcome[1].crop, expected.crop)
+
+    inline = ImageSegmenter(micro_model, overlap_then=False)
+    names = []
+    again = segment_box_prompts(inline, features, prompts, then=lambda k, r: names.append(k) or (k, r))
+    assert names == masked and [type(a) for a in again] == [type(o) for o in outcomes]
+
+
+def test_geometry_overlaps_the_decoder_only_where_it_has_a_core_to_itself(micro_model):
+    segmenter = ImageSegmenter(micro_model)
+    cores, threads = len(os.sched_getaffinity(0)), torch.get_num_threads()
+    try:
+        torch.set_num_threads(cores)
+        assert not segmenter.overlaps_then, "torch's threads take every core"
+        if cores > 1:
+            torch.set_num_threads(cores - 1)
+            assert segmenter.overlaps_then
+    finally:
+        torch.set_num_threads(threads)
+    assert ImageSegmenter(micro_model, overlap_then=True).overlaps_then
+    assert not ImageSegmenter(micro_model, overlap_then=False).overlaps_then
 
 
 def test_box_partly_outside_is_clamped(segmenter, scenes):
