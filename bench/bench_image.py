@@ -7,7 +7,8 @@ the existing Dataloop adapter's approach, measured in one run, printed as ratios
 The limit decodes the boxes in the calls ours makes (on the CPU, calls sized by the bytes of image features they
 copy; see `segment.CPU_DECODER_CALL_BYTES`); the time of one call for all boxes is printed too.
 Ours traces each mask's polygons beside the decoder's next calls where a core is free for it (on the CPU: with
---threads below the number of cores; see `ImageSegmenter.overlaps_then`), after the decoder otherwise.
+--threads below the number of cores) and the boxes take several calls (see `ImageSegmenter.overlaps_then`),
+after the decoder otherwise.
 All three start from the same cached image features (the encoder runs once per image in every approach; its time
 is printed for scale). The existing approach: one decoder call per box, the logits upsampled to the full image,
 `dl.Polygon.from_segmentation` per mask.
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     print(f"  image encoder (once per image, all approaches)  {encode_s * 1000:8.1f} ms")
     print(f"  bare decoder, {min(per_call, len(boxes)):2d} boxes a call (limit)         {limit * 1000:8.1f} ms   "
           f"(all {len(boxes)} in one call: {all_in_one * 1000:.1f} ms)")
-    where = "beside the decoder" if segmenter.overlaps_then else "after the decoder (torch's threads take every core)"
+    where = "beside the decoder" if segmenter.overlaps_then(features, len(boxes)) else "after the decoder"
     print(f"  ours: Box to Polygon end to end                  {mine * 1000:8.1f} ms   {mine / limit:5.2f}x the limit"
           f"   (polygons traced {where})")
     print(f"    its two stages, each timed on its own: masks (decoder + upsampling) {masks * 1000:.1f} ms, "

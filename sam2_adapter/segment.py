@@ -135,16 +135,17 @@ class ImageSegmenter:
             return self.max_prompts_per_call
         return max(1, min(self.max_prompts_per_call, CPU_DECODER_CALL_BYTES // max(features.nbytes, 1)))
 
-    @property
-    def overlaps_then(self) -> bool:
-        """Whether `segment_box_prompts` runs its `then` (the geometry) on a worker beside the decoder: the
-        `overlap_then` argument, or by default wherever that work has a core to itself: always beside an
-        accelerator, on the CPU only when torch's threads leave a core free. When they take every core the
+    def overlaps_then(self, features: ImageFeatures, prompts: int) -> bool:
+        """Whether `segment_box_prompts` runs its `then` (the geometry) on a worker beside the decoder for this
+        many prompts: the `overlap_then` argument, or by default where that work has a core to itself (beside an
+        accelerator; on the CPU only when torch's threads leave a core free) and a next decoder call to run
+        beside (with one call the hand-offs cost more than they save). When torch's threads take every core the
         worker only slows them: `bench/bench_image.py` with hiera-tiny on 2 cores put Box to Polygon at 1.67x
         the limit with 2 torch threads and the geometry after the decoder, 1.79x with it beside."""
         if self._overlap_then is not None:
             return self._overlap_then
-        return self.device.type != "cpu" or torch.get_num_threads() < _usable_cores()
+        core_free = self.device.type != "cpu" or torch.get_num_threads() < _usable_cores()
+        return core_free and prompts > self.prompts_per_call(features)
 
     def segment_boxes(self, features: ImageFeatures, boxes: np.ndarray) -> list[MaskResult]:
         """One mask per (N, 4) box, x1, y1, x2, y2 in image pixels (validated by the caller)."""
@@ -315,9 +316,8 @@ def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prom
     A rotated box prompts SAM 2 with its enclosing box and keeps only the mask inside the rotated rectangle.
 
     `then(index, mask)`, when given, turns the mask of `prompts[index]` into what the caller wants (polygons,
-    annotations) and its value takes the mask's place. Where the segmenter `overlaps_then` and the boxes take
-    more than one decoder call, it runs on a worker thread, a mask at a time in order, while the decoder goes on
-    with the next call.
+    annotations) and its value takes the mask's place. Where the segmenter `overlaps_then`, it runs on a worker
+    thread, a mask at a time in order, while the decoder goes on with the next call.
     """
     height, width = features.orig_hw
     outcomes: list = [None] * len(prompts)
@@ -343,8 +343,7 @@ def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prom
         return result if then is None else then(index, result)
 
     masks = segmenter.iter_boxes(features, np.stack([box for _, box in valid]))
-    # the worker pays only where a next decoder call runs beside it (with one call, its hand-offs cost more)
-    if then is None or not segmenter.overlaps_then or len(valid) <= segmenter.prompts_per_call(features):
+    if then is None or not segmenter.overlaps_then(features, len(valid)):
         for (index, _), result in zip(valid, masks):
             outcomes[index] = finish(index, result)
         return outcomes

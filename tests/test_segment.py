@@ -182,19 +182,21 @@ def test_then_runs_on_each_mask_beside_the_decoder_in_order(micro_model, scenes)
     assert names == masked and [type(a) for a in again] == [type(o) for o in outcomes]
 
 
-def test_geometry_overlaps_the_decoder_only_where_it_has_a_core_to_itself(micro_model):
-    segmenter = ImageSegmenter(micro_model)
+def test_geometry_overlaps_the_decoder_only_where_it_has_a_core_and_a_next_call(micro_model, scenes):
+    features = ImageSegmenter(micro_model).encode(scenes[0].image)
+    several_calls = ImageSegmenter(micro_model, max_prompts_per_call=2)
     cores, threads = len(os.sched_getaffinity(0)), torch.get_num_threads()
     try:
         torch.set_num_threads(cores)
-        assert not segmenter.overlaps_then, "torch's threads take every core"
+        assert not several_calls.overlaps_then(features, 5), "torch's threads take every core"
         if cores > 1:
             torch.set_num_threads(cores - 1)
-            assert segmenter.overlaps_then
+            assert several_calls.overlaps_then(features, 5)
+            assert not several_calls.overlaps_then(features, 2), "one decoder call: nothing to run beside"
     finally:
         torch.set_num_threads(threads)
-    assert ImageSegmenter(micro_model, overlap_then=True).overlaps_then
-    assert not ImageSegmenter(micro_model, overlap_then=False).overlaps_then
+    assert ImageSegmenter(micro_model, overlap_then=True).overlaps_then(features, 1)
+    assert not ImageSegmenter(micro_model, overlap_then=False).overlaps_then(features, 100)
 
 
 def test_box_partly_outside_is_clamped(segmenter, scenes):
