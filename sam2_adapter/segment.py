@@ -140,8 +140,8 @@ class ImageSegmenter:
         many prompts: the `overlap_then` argument, or by default where that work has a core to itself (beside an
         accelerator; on the CPU only when torch's threads leave a core free) and a next decoder call to run
         beside (with one call the hand-offs cost more than they save). When torch's threads take every core the
-        worker only slows them: `bench/bench_image.py` with hiera-tiny on 2 cores put Box to Polygon at 1.67x
-        the limit with 2 torch threads and the geometry after the decoder, 1.79x with it beside."""
+        worker gains nothing: with hiera-tiny on 2 cores and 2 torch threads it took 1.00x and 1.07x the time
+        of the geometry after the decoder (README)."""
         if self._overlap_then is not None:
             return self._overlap_then
         core_free = self.device.type != "cpu" or torch.get_num_threads() < _usable_cores()
