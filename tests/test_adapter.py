@@ -3,6 +3,7 @@ download (served from the test's own bytes) and the model entity update."""
 
 import io
 import logging
+import threading
 
 import cv2
 import dtlpy as dl
@@ -14,6 +15,7 @@ from model_adapter import _download_image
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import (enclosing_box, mask_iou, png_data_url_to_mask, polygons_to_mask, rotated_box_mask,
                                    validate_box)
+from sam2_adapter.segment import ImageSegmenter
 
 _BYTES: dict[str, bytes] = {}
 
@@ -106,6 +108,31 @@ def test_box_to_polygon_keeps_parts_and_holes(adapter, scenes):
         # specks and pin-holes under polygon_min_area are dropped by design; every other part and hole is kept
         expected = without_specks(core[k].full(), adapter.settings.polygon_min_area)
         assert mask_iou(rasterised, expected) >= 0.98, "the polygons follow the mask, parts and holes"
+
+
+@pytest.mark.parametrize("function", ["box_to_polygon", "box_to_segmentation"])
+def test_box_annotations_are_the_same_with_the_geometry_beside_the_decoder(adapter, scenes, monkeypatch, function):
+    """Where a core is free (a GPU), each box's geometry and JSON are made on a worker while the decoder runs the
+    next box: the same annotations in the same order, a bad box still reported in its place."""
+    scene = next(s for s in scenes if "ring" in s.kinds or "split" in s.kinds)
+    item = make_item("item-worker", scene.image)
+    boxes = [box_json(f"w-{k}", b, label=f"label-{k}") for k, b in enumerate(scene.boxes)]
+    boxes.insert(1, box_json("zero-area", [5, 5, 5, 40]))
+    definitions = adapter._definitions
+    outputs, threads = {}, {}
+    for overlap in (False, True):
+        # one decoder call a box, so that there is a next call to run beside
+        segmenter = ImageSegmenter(adapter.model, adapter.segmenter.cache, max_prompts_per_call=1,
+                                   overlap_then=overlap)
+        monkeypatch.setattr(adapter, "segmenter", segmenter)
+        seen = threads[overlap] = set()
+        monkeypatch.setattr(adapter, "_definitions",
+                            lambda *a, seen=seen: seen.add(threading.current_thread().name) or definitions(*a))
+        outputs[overlap] = getattr(adapter, function)(item=item, annotations=boxes)
+    assert threads[False] == {threading.current_thread().name}
+    assert threads[True] and all(name.startswith("sam2-geometry") for name in threads[True])
+    assert len(outputs[True]) >= len(scene.boxes) and "zero-area" not in [a["id"] for a in outputs[True]]
+    assert outputs[True] == outputs[False]
 
 
 def test_bad_boxes_are_reported_by_id_and_the_rest_come_back(adapter, scenes, caplog):

@@ -17,6 +17,7 @@ import io
 import json
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,7 @@ from sam2_adapter.config import Settings
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import mask_to_polygons, png_data_url_to_mask
 from sam2_adapter.scenes import mask_box
+from sam2_adapter.segment import ImageSegmenter
 
 T, H, W = CLIP_SIZE
 MODEL_NAME = "sam2-micro-batch"
@@ -339,6 +341,34 @@ def test_mixed_batch_keeps_items_apart_and_reports_problems(adapter, clip, video
     assert any("vid2-outside" in m and "frame 7" in m for m in bad_lines)
     assert any("vid2-late" in m and "40" in m for m in bad_lines)
     platform.assert_clean()
+
+
+def test_image_results_are_the_same_with_the_geometry_beside_the_decoder(adapter, scenes, platform, configure,
+                                                                         monkeypatch):
+    """Where a core is free (a GPU), an image's annotations (masks and polygons) are built on a worker while the
+    decoder runs the next box: the same annotations, in the same order, on the same item."""
+    configure(output_type="both")
+    scene = scenes[3]
+    masked = sum(1 for r in adapter.segmenter.segment_boxes(adapter.segmenter.encode(scene.image), scene.boxes)
+                 if r.area)
+    definitions = adapter._definitions
+    uploaded, threads = {}, {}
+    for overlap in (False, True):
+        item = platform.image_item(f"worker-{overlap}", scene.image)
+        platform.stored[item.id] = [image_box(f"w-b{k}", b) for k, b in enumerate(scene.boxes)]
+        monkeypatch.setattr(adapter, "segmenter", ImageSegmenter(adapter.model, adapter.segmenter.cache,
+                                                                 max_prompts_per_call=1, overlap_then=overlap))
+        seen = threads[overlap] = set()
+        monkeypatch.setattr(adapter, "_definitions",
+                            lambda *a, seen=seen: seen.add(threading.current_thread().name) or definitions(*a))
+        adapter.predict_items([item], batch_size=1)
+        uploaded[overlap] = [{k: v for k, v in a.to_json().items() if k not in ("itemId", "id")}
+                             for a in platform.uploaded[item.id]]
+    assert threads[True] and all(name.startswith("sam2-geometry") for name in threads[True])
+    assert not any(name.startswith("sam2-geometry") for name in threads[False])
+    kinds = [a["type"] for a in uploaded[True]]
+    assert kinds.count("binary") == masked >= 2 and kinds.count("segment") >= masked
+    assert uploaded[True] == uploaded[False]
 
 
 def test_object_found_nowhere_is_reported_and_its_source_kept(adapter, clip, video, platform, configure):
