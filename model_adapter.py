@@ -505,7 +505,7 @@ class ModelAdapter(dl.BaseModelAdapter):
         features, _ = self._features(item)
 
         def to_json(k: int, result: MaskResult) -> list[dict]:
-            # on segment_box_prompts' worker: polygons and PNGs are made while the decoder runs the next boxes
+            # where the segmenter overlaps it, this runs on a worker while the decoder runs the next boxes
             source = sources[k]
             new = [a.to_json() for a in self._mask_annotations(item, result, source.label, source.attributes,
                                                                _metadata(source), (kind,))]
