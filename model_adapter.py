@@ -427,7 +427,8 @@ class ModelAdapter(dl.BaseModelAdapter):
                 self._report(item, f"item {item.id}: no box annotations to convert (skipped)")
                 return
             for proposal in propose_masks(self.segmenter, prepared.features, self.settings.proposals()):
-                self._add_results(builder, proposal, "object", {}, {"user": {"sam2": {"proposal": True}}})
+                builder.annotations.extend(self._mask_annotations(item, proposal, "object", {},
+                                                                  {"user": {"sam2": {"proposal": True}}}))
             if not builder.annotations:
                 self._report(item, f"item {item.id}: no proposals passed the filters")
             return
@@ -460,9 +461,6 @@ class ModelAdapter(dl.BaseModelAdapter):
                                f"no proposals on videos)")
         for failure in failures:
             self._report(item, f"item {item.id}: {failure}")
-
-    def _add_results(self, builder, result: MaskResult, label, attributes, metadata: dict) -> None:
-        builder.annotations.extend(self._mask_annotations(builder.item, result, label, attributes, metadata))
 
     def _mask_annotations(self, item: dl.Item, result: MaskResult, label, attributes, metadata: dict,
                           kinds: Sequence[str] | None = None) -> list[dl.Annotation]:
