@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: install test demo bench evaluate train clean
+.PHONY: install test demo bench evaluate train device-wheels clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ evaluate: $(STAMP)
 
 train: $(STAMP)
 	$(BIN)/python tools/train_micro.py --out assets/micro/sam2_micro.pt
+
+# Wheels for a lent GPU machine (no internet there): see README, "On a GPU".
+device-wheels: $(STAMP)
+	$(BIN)/python tools/device_wheels.py --out .whl
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

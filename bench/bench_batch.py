@@ -4,6 +4,7 @@ sequential approach, measured in one run on the same images, printed as images p
     python bench/bench_batch.py                 # hiera-tiny architecture, random weights (timing only)
     python bench/bench_batch.py --model micro   # the trained micro model: real, compact masks
     python bench/bench_batch.py --polygons      # also time the job with polygon output
+    python bench/bench_batch.py --device cuda   # on a GPU (bf16 autocast, as the adapter runs there)
 
 Polygon output is off by default with random weights: their masks cover most of the image with thousands of
 holes, and tracing each hole into the polygon (`geometry.mask_to_polygons`) takes seconds a mask, which says
@@ -47,7 +48,7 @@ from sam2_adapter.scenes import make_scene  # noqa: E402
 from sam2_adapter.segment import ImageSegmenter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_image import bare_decoder  # noqa: E402  (the same limit as the image bench)
+from bench_image import bare_decoder, sync  # noqa: E402  (the same limit as the image bench)
 
 
 def write_dataset(folder: Path, n_images: int, n_boxes: int, height: int, width: int, seed: int = 0):
@@ -87,15 +88,17 @@ def existing_approach(segmenter: ImageSegmenter, folder: Path, coco: Path) -> in
                 continue
             x, y, bw, bh = ann["bbox"]
             (low_res, _, _, _) = bare_decoder(segmenter, features, np.array([[x, y, x + bw, y + bh]], np.float32))
-            mask = (F.interpolate(low_res, (h, w), mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
+            mask = (F.interpolate(low_res.float(), (h, w), mode="bilinear", align_corners=False)[0, 0] > 0).cpu().numpy()
             polygon = dl.Polygon.from_segmentation(mask=mask, label="object")
             rings += len(polygon) if isinstance(polygon, list) else 1
     return rings
 
 
 def timed(fn) -> float:
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -108,13 +111,14 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--polygons", action="store_true", help="also time the job with polygon output")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     if args.model == "hiera-tiny":
-        model = load_model(SAM2_PACKAGE_DIR / "configs/sam2.1/sam2.1_hiera_t.yaml", None, "cpu")
+        model = load_model(SAM2_PACKAGE_DIR / "configs/sam2.1/sam2.1_hiera_t.yaml", None, args.device)
     else:
-        model = load_named_model(args.model, "cpu")
+        model = load_named_model(args.model, args.device)
     segmenter = ImageSegmenter(model)
 
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
@@ -124,10 +128,13 @@ def main(argv=None) -> int:
 
         encode_s = decode_s = 0.0
         for image, boxes in arrays:
+            sync()
             start = time.perf_counter()
             features = segmenter.encode(image)
+            sync()
             middle = time.perf_counter()
             bare_decoder(segmenter, features, boxes)
+            sync()
             encode_s += middle - start
             decode_s += time.perf_counter() - middle
         limit_s = encode_s + decode_s
@@ -150,8 +157,11 @@ def main(argv=None) -> int:
         existing_s = timed(lambda: existing_approach(segmenter, folder, coco))
 
     n = args.images
+    device = segmenter.device
+    where_run = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     print(f"model: {args.model}, {n} images {args.width}x{args.height} (PNG files), {args.boxes} boxes each, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.workers} pipeline workers")
+          f"torch {torch.__version__}, {where_run}, {torch.get_num_threads()} CPU threads, "
+          f"{args.workers} pipeline workers")
     print(f"  bare image encoder, sum over the images            {encode_s:7.2f} s")
     print(f"  bare decoder, an image's boxes in ours' calls      {decode_s:7.2f} s")
     print(f"  limit (encoder + decoder)                          {limit_s:7.2f} s   {n / limit_s:6.3f} images/s")

@@ -3,6 +3,7 @@ the existing Dataloop adapter's approach, measured in one run, printed as ratios
 
     python bench/bench_image.py                 # hiera-tiny architecture, random weights (timing only)
     python bench/bench_image.py --model micro   # the trained micro model: real, compact masks
+    python bench/bench_image.py --device cuda   # on a GPU (bf16 autocast, as the adapter runs there)
 
 The limit decodes the boxes in the calls ours makes (on the CPU, calls sized by the bytes of image features they
 copy; see `segment.CPU_DECODER_CALL_BYTES`); the time of one call for all boxes is printed too.
@@ -31,9 +32,15 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from sam2_adapter.geometry import mask_to_polygons  # noqa: E402
-from sam2_adapter.models import SAM2_PACKAGE_DIR, load_model, load_named_model  # noqa: E402
+from sam2_adapter.models import SAM2_PACKAGE_DIR, inference_context, load_model, load_named_model  # noqa: E402
 from sam2_adapter.scenes import make_scene  # noqa: E402
 from sam2_adapter.segment import BoxPrompt, ImageSegmenter, segment_box_prompts  # noqa: E402
+
+
+def sync() -> None:
+    """Waits for the GPU's queued work, so that a timer read after it counts that work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def best_times(fns: dict, repeat: int) -> dict:
@@ -43,8 +50,10 @@ def best_times(fns: dict, repeat: int) -> dict:
     best = {name: float("inf") for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
@@ -62,13 +71,15 @@ def bare_decoder(segmenter: ImageSegmenter, features, boxes: np.ndarray, per_cal
 def bare_call(segmenter: ImageSegmenter, features, coords: np.ndarray, labels: np.ndarray,
               mask_input: np.ndarray | None = None):
     """One prompt encoder + mask decoder call on (B, P, 2) points in image pixels with (B, P) labels, and one
-    object's previous low-res logits as mask input when given (a refinement click)."""
-    model = segmenter.model
+    object's previous low-res logits as mask input when given (a refinement click). In the segmenter's
+    precision (bf16 autocast on CUDA)."""
+    model, device = segmenter.model, segmenter.device
     h, w = features.orig_hw
-    scale = torch.tensor([model.image_size / w, model.image_size / h])
-    masks = None if mask_input is None else torch.as_tensor(mask_input)[None]
-    with torch.inference_mode():
-        points = (torch.as_tensor(coords, dtype=torch.float32) * scale, torch.as_tensor(labels))
+    scale = torch.tensor([model.image_size / w, model.image_size / h], device=device)
+    masks = None if mask_input is None else torch.as_tensor(mask_input, device=device)[None]
+    with torch.inference_mode(), inference_context(device):
+        points = (torch.as_tensor(coords, dtype=torch.float32, device=device) * scale,
+                  torch.as_tensor(labels, device=device))
         sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=masks)
         return model.sam_mask_decoder(
             image_embeddings=features.image_embed, image_pe=model.sam_prompt_encoder.get_dense_pe(),
@@ -91,7 +102,7 @@ def existing_approach(segmenter: ImageSegmenter, features, boxes: np.ndarray) ->
     rings = 0
     for box in boxes:
         (low_res, _, _, _) = bare_decoder(segmenter, features, box[None])
-        mask = (F.interpolate(low_res, (h, w), mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
+        mask = (F.interpolate(low_res.float(), (h, w), mode="bilinear", align_corners=False)[0, 0] > 0).cpu().numpy()
         polygon = dl.Polygon.from_segmentation(mask=mask, label="object")
         rings += len(polygon) if isinstance(polygon, list) else 1
     return rings
@@ -103,15 +114,16 @@ def main(argv=None) -> int:
     parser.add_argument("--boxes", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5, help="rounds; the fastest of each counts")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     parser.add_argument("--calls", default="", help="also time the bare decoder in calls of these many boxes, "
                                                     "e.g. 1,2,4,10,20 (what CPU_DECODER_CALL_BYTES rests on)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.model == "hiera-tiny":
-        model = load_model(SAM2_PACKAGE_DIR / "configs/sam2.1/sam2.1_hiera_t.yaml", None, "cpu")
+        model = load_model(SAM2_PACKAGE_DIR / "configs/sam2.1/sam2.1_hiera_t.yaml", None, args.device)
     else:
-        model = load_named_model(args.model, "cpu")
+        model = load_named_model(args.model, args.device)
     segmenter = ImageSegmenter(model)
 
     # A 1920x1080 generated scene; boxes around its objects, topped up with random boxes to --boxes.
@@ -122,8 +134,11 @@ def main(argv=None) -> int:
     wh = rng.uniform(60, 300, size=(max(extra, 0), 2))
     boxes = np.concatenate([scene.boxes, np.concatenate([xy, xy + wh], axis=1)])[:args.boxes].astype(np.float32)
 
+    segmenter.encode(scene.image)  # warm-up (on a GPU the first call also compiles kernels)
+    sync()
     start = time.perf_counter()
     features = segmenter.encode(scene.image)
+    sync()
     encode_s = time.perf_counter() - start
     ours(segmenter, features, boxes)  # warm-up
     prompts = [BoxPrompt(f"box {k}", box) for k, box in enumerate(boxes)]
@@ -152,7 +167,9 @@ def main(argv=None) -> int:
     }, args.repeat * 3)
     refine, one_call, same_prompts = t["refine"], t["one_call"], t["same_prompts"]
 
-    print(f"model: {args.model}, image 1920x1080, {len(boxes)} boxes, torch {torch.__version__}, "
+    where_run = (torch.cuda.get_device_name(segmenter.device) if segmenter.device.type == "cuda"
+                 else segmenter.device.type)
+    print(f"model: {args.model}, image 1920x1080, {len(boxes)} boxes, torch {torch.__version__}, {where_run}, "
           f"{torch.get_num_threads()} CPU threads")
     print(f"  image encoder (once per image, all approaches)  {encode_s * 1000:8.1f} ms")
     print(f"  bare decoder, {min(per_call, len(boxes)):2d} boxes a call (limit)         {limit * 1000:8.1f} ms   "

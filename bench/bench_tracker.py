@@ -11,6 +11,7 @@
     python bench/bench_tracker.py              # hiera-tiny architecture (1024 px), random weights, for timing
     python bench/bench_tracker.py --quick      # fewer frames
     python bench/bench_tracker.py --model micro
+    python bench/bench_tracker.py --device cuda --skip memory   # on a GPU (bf16 autocast, as the adapter runs)
 
 Random weights do the same work per frame as trained ones; the generated videos are cached in --workdir.
 """
@@ -35,7 +36,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sam2_adapter.models import ASSETS_DIR, SAM2_PACKAGE_DIR, load_model  # noqa: E402
+from sam2_adapter.models import ASSETS_DIR, SAM2_PACKAGE_DIR, inference_context, load_model  # noqa: E402
 
 MODELS = {
     "tiny": SAM2_PACKAGE_DIR / "configs/sam2.1/sam2.1_hiera_t.yaml",
@@ -125,22 +126,35 @@ def run_ours(model, video, frames: int, n_objects: int = 1, only: int | None = N
         for k, box in enumerate(object_boxes(0)[:n_objects]):
             if only is None or k == only:
                 tracker.add_box(k, 0, box)
+        _sync()
         start = time.perf_counter()
         n = sum(1 for _ in tracker.propagate(max_frames=frames))
+        _sync()
         return time.perf_counter() - start, n
 
 
 def run_sam2(predictor, folder, frames: int) -> tuple[float, float, int]:
     """SAM 2's own predictor on the JPEG folder: (init_state seconds, propagation seconds, frames)."""
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its hole filling needs a CUDA extension and says so on CPU
+    device = next(predictor.parameters()).device
+    with torch.inference_mode(), inference_context(device), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its hole filling needs an optional CUDA extension and says so
+        _sync()
         start = time.perf_counter()
         state = predictor.init_state(str(folder))
+        _sync()
         init = time.perf_counter() - start
         predictor.add_new_points_or_box(state, frame_idx=0, obj_id=0, box=object_boxes(0)[0])
+        _sync()
         start = time.perf_counter()
         n = sum(1 for _ in predictor.propagate_in_video(state, max_frame_num_to_track=frames - 1))
+        _sync()
         return init, time.perf_counter() - start, n
+
+
+def _sync() -> None:
+    """Waits for the GPU's queued work, so that a timer read after it counts that work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def encode_one_frame(model, video) -> float:
@@ -204,6 +218,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny", help="architecture for timing and memory")
     parser.add_argument("--quick", action="store_true", help="fewer frames everywhere")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (the memory section is CPU only)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "sam2-bench-tracker"))
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: time,memory,objects")
     parser.add_argument("--child", choices=["ours", "sam2", "floor"], help=argparse.SUPPRESS)
@@ -226,17 +241,19 @@ def main(argv=None) -> int:
     object_frames = (2 if args.quick else 3) if tiny else (10 if args.quick else 20)
     rounds = 1 if args.quick else 2
 
-    print(f"# bench_tracker: model {args.model} (random weights), {args.threads} threads, "
+    print(f"# bench_tracker: model {args.model} (random weights), {args.device}, {args.threads} threads, "
           f"{WIDTH}x{HEIGHT} generated videos in {workdir}")
     t0 = time.perf_counter()
+    memory = "memory" not in skip and args.device == "cpu"  # resident CPU memory: meaningless beside a GPU
     v100 = write_test_video(workdir / "video-100.mp4", 100)
-    v300 = write_test_video(workdir / "video-300.mp4", 300)
-    v3000 = write_test_video(workdir / "video-3000.mp4", 3000)
     jpegs = extract_jpegs(v100, workdir / "jpeg-100", time_frames)
-    jpegs300 = extract_jpegs(v300, workdir / "jpeg-300", 300)
+    if memory:
+        v300 = write_test_video(workdir / "video-300.mp4", 300)
+        v3000 = write_test_video(workdir / "video-3000.mp4", 3000)
+        jpegs300 = extract_jpegs(v300, workdir / "jpeg-300", 300)
     print(f"videos ready in {time.perf_counter() - t0:.1f} s")
     ckpt = weights(args.model, workdir)
-    ours_model = load_model(MODELS[args.model], ckpt, "cpu")
+    ours_model = load_model(MODELS[args.model], ckpt, args.device)
     failed = []
 
     def verdict(value: float, target: float, lower_is_better: bool = True) -> str:
@@ -246,7 +263,7 @@ def main(argv=None) -> int:
         return "ok" if ok else "MISSED"
 
     if "time" not in skip:
-        predictor = load_model(MODELS[args.model], ckpt, "cpu", video=True)
+        predictor = load_model(MODELS[args.model], ckpt, args.device, video=True)
         # warm up both (allocator, kernels) on one frame
         run_ours(ours_model, jpegs, 2)
         run_sam2(predictor, extract_jpegs(v100, workdir / "jpeg-warm", 2), 2)
@@ -268,7 +285,10 @@ def main(argv=None) -> int:
         print(f"  ratio ours / SAM 2: {ours_pf / sam2_pf:.3f}x  (target <= 1.05x: {verdict(ours_pf / sam2_pf, 1.05)})")
         del predictor
 
-    if "memory" not in skip:
+    if "memory" not in skip and not memory:
+        print(f"\n[2] peak resident memory: skipped on {args.device} (it measures the CPU's resident memory; run it "
+              f"with --device cpu)")
+    elif memory:
         print("\n[2] peak resident memory, each case in a fresh process (base: after imports and loading the model;"
               " `import torch` alone is about 700 MiB here, torch 2.14 on CPU)")
         rows = [  # the video-length comparison runs the micro model (30 frames in seconds); memory is bounded
@@ -313,7 +333,7 @@ def main(argv=None) -> int:
         print(f"  one at a time ({N_OBJECTS} trackers) : {apart:7.2f} s")
         print(f"  ratio: {ratio:.3f}x  (target <= 0.4x: {verdict(ratio, 0.4)})")
         if tiny:  # the same with the micro model, where per-object work weighs less against decoding + encoding
-            micro = load_model(MODELS["micro"], weights("micro", workdir), "cpu")
+            micro = load_model(MODELS["micro"], weights("micro", workdir), args.device)
             together, apart, n = together_and_apart(micro, 10 if args.quick else 20, 3)
             print(f"  micro, {n} frames, best of 3: together {together:.2f} s, one at a time {apart:.2f} s: "
                   f"{together / apart:.3f}x")

@@ -125,3 +125,14 @@ def test_feature_probe_tells_separable_features_from_noise():
 
     assert probe(features(first_channel=target), target, box) == 1.0
     assert max(probe(features(), target, box) for _ in range(5)) < 0.5
+
+
+def test_device_check_runs_every_check_and_passes_on_the_cpu(capsys):
+    """The GPU check (tools/device_check.py, run where a GPU is lent) must not rot between such machines: here it
+    runs on the CPU, where its agreement checks with SAM 2's own predictors are real (fp32 on both sides)."""
+    assert load_tool("device_check").main(["--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "(bar " in line]
+    assert len(lines) == 6, out
+    assert all(line.split()[0] == "ok" for line in lines), out
+    assert "vs SAM2ImagePredictor" in out and "vs SAM2VideoPredictor" in out and "all checks passed" in out

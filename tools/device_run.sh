@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU checks in one go, on a lent device machine (README, "On a GPU"): the device check, then the image,
+# batch and tracker benchmarks on CUDA, each log also written to $OUT (the device tool brings it back) or out/device.
+# The wheels of what the machine lacks travel in .whl/ (`make device-wheels` fetches them); they are unpacked onto
+# PYTHONPATH, since the machine has no internet and its Python is its own.
+#   device run: carry [".whl"], command "bash tools/device_run.sh"
+set -uo pipefail
+out=${OUT:-out/device}
+mkdir -p "$out"
+if [ -d .whl ]; then
+    site=$(mktemp -d)
+    for wheel in .whl/*.whl; do python3 -m zipfile -e "$wheel" "$site" || exit 1; done
+    export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1 DATALOOP_PATH=$(mktemp -d)
+status=0
+step() {
+    local name=$1
+    shift
+    echo "== $name: $*"
+    "$@" 2>&1 | grep -v --line-buffered 'it/s]' | tee "$out/$name.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "== $name failed"; status=1; }
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.log"
+step check python3 tools/device_check.py --device cuda
+step image python3 bench/bench_image.py --device cuda --repeat 5
+step batch python3 bench/bench_batch.py --device cuda
+step tracker python3 bench/bench_tracker.py --device cuda --skip memory
+exit $status
