@@ -4,12 +4,15 @@
 # The wheels of what the machine lacks travel in .whl/ (`make device-wheels` fetches them); they are unpacked onto
 # PYTHONPATH, since the machine has no internet and its Python is its own.
 #   device run: carry [".whl"], command "bash tools/device_run.sh"
+# Elsewhere: bash tools/device_run.sh [DEVICE] (default cuda), with PYTHON naming the interpreter (default python3).
 set -uo pipefail
+device=${1:-cuda}
+python=${PYTHON:-python3}
 out=${OUT:-out/device}
 mkdir -p "$out"
 if [ -d .whl ]; then
     site=$(mktemp -d)
-    for wheel in .whl/*.whl; do python3 -m zipfile -e "$wheel" "$site" || exit 1; done
+    for wheel in .whl/*.whl; do "$python" -m zipfile -e "$wheel" "$site" || exit 1; done
     export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1 DATALOOP_PATH=$(mktemp -d)
@@ -22,8 +25,8 @@ step() {
     [ "${PIPESTATUS[0]}" = 0 ] || { echo "== $name failed"; status=1; }
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.log"
-step check python3 tools/device_check.py --device cuda
-step image python3 bench/bench_image.py --device cuda --repeat 5
-step batch python3 bench/bench_batch.py --device cuda
-step tracker python3 bench/bench_tracker.py --device cuda --skip memory
+step check "$python" tools/device_check.py --device "$device"
+step image "$python" bench/bench_image.py --device "$device" --repeat 5
+step batch "$python" bench/bench_batch.py --device "$device"
+step tracker "$python" bench/bench_tracker.py --device "$device" --skip memory
 exit $status
