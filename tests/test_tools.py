@@ -133,6 +133,6 @@ def test_device_check_runs_every_check_and_passes_on_the_cpu(capsys):
     assert load_tool("device_check").main(["--device", "cpu"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if "(bar " in line]
-    assert len(lines) == 6, out
+    assert len(lines) == 7, out
     assert all(line.split()[0] == "ok" for line in lines), out
     assert "vs SAM2ImagePredictor" in out and "vs SAM2VideoPredictor" in out and "all checks passed" in out

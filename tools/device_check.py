@@ -12,6 +12,8 @@ benchmarks there in one go. Every check prints its figure; the exit code is 1 if
 * a refinement click (two clicks and the previous logits as mask input), the same comparison;
 * device against CPU: our box masks on the device against ours on the CPU in fp32 (mean IoU >= 0.95: what bf16
   costs; on the CPU itself this reads 1);
+* the batch job's encoder: box masks of images encoded as one batch against the same images encoded alone
+  (IoU >= 0.98 each);
 * Box to Polygon's worker: the polygons traced beside the decoder equal the ones traced after it;
 * tracking: our streaming tracker against `SAM2VideoPredictor.propagate_in_video` on the same device and JPEG
   frames, three objects prompted by boxes (IoU >= 0.98 on every frame where both see the object, and the same
@@ -98,6 +100,16 @@ def check_images(model, cpu_model, device: torch.device, report: Report) -> None
     report.check("refinement click vs SAM2ImagePredictor (min IoU)", min(click_ious), 0.98, f"{len(click_ious)} clicks")
     report.check("box masks on the device vs on the CPU in fp32 (mean IoU)", float(np.mean(device_ious)), 0.95,
                  f"min {min(device_ious):.4f}")
+
+    # The batch job encodes several images in one encoder call: their masks must be the ones encoded alone give.
+    batch = [make_scene(np.random.default_rng(seed), 256, 384) for seed in SCENE_SEEDS]
+    together = segmenter.encode_many([scene.image for scene in batch])
+    batch_ious = [mask_iou(a.full(), b.full())
+                  for scene, features in zip(batch, together)
+                  for a, b in zip(segmenter.segment_boxes(features, scene.boxes),
+                                  segmenter.segment_boxes(segmenter.encode(scene.image), scene.boxes))]
+    report.check("box masks, images encoded as one batch vs alone (min IoU)", min(batch_ious), 0.98,
+                 f"{len(batch_ious)} boxes")
 
     # Box to Polygon's geometry on the worker beside the decoder (one decoder call a box, so there is a next
     # call to overlap with) gives what it gives after the decoder.
