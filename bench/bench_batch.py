@@ -88,7 +88,8 @@ def existing_approach(segmenter: ImageSegmenter, folder: Path, coco: Path) -> in
                 continue
             x, y, bw, bh = ann["bbox"]
             (low_res, _, _, _) = bare_decoder(segmenter, features, np.array([[x, y, x + bw, y + bh]], np.float32))
-            mask = (F.interpolate(low_res.float(), (h, w), mode="bilinear", align_corners=False)[0, 0] > 0).cpu().numpy()
+            full = F.interpolate(low_res.float(), (h, w), mode="bilinear", align_corners=False)[0, 0]
+            mask = (full > 0).cpu().numpy()
             polygon = dl.Polygon.from_segmentation(mask=mask, label="object")
             rings += len(polygon) if isinstance(polygon, list) else 1
     return rings

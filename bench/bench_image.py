@@ -102,7 +102,8 @@ def existing_approach(segmenter: ImageSegmenter, features, boxes: np.ndarray) ->
     rings = 0
     for box in boxes:
         (low_res, _, _, _) = bare_decoder(segmenter, features, box[None])
-        mask = (F.interpolate(low_res.float(), (h, w), mode="bilinear", align_corners=False)[0, 0] > 0).cpu().numpy()
+        full = F.interpolate(low_res.float(), (h, w), mode="bilinear", align_corners=False)[0, 0]
+        mask = (full > 0).cpu().numpy()
         polygon = dl.Polygon.from_segmentation(mask=mask, label="object")
         rings += len(polygon) if isinstance(polygon, list) else 1
     return rings

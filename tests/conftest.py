@@ -20,11 +20,14 @@ from sam2_adapter.segment import ImageSegmenter  # noqa: E402
 
 torch.set_num_threads(2)
 
+DEVICE = os.environ.get("SAM2_TEST_DEVICE", "cpu")
+"""Where the micro model runs: the CPU, or on a lent GPU `cuda` for the adapter's tests (tools/device_run.sh)."""
+
 
 @pytest.fixture(scope="session")
 def micro_model():
     """The bundled micro SAM 2, loaded by the same function as the official checkpoints."""
-    return load_named_model("micro", "cpu")
+    return load_named_model("micro", DEVICE)
 
 
 @pytest.fixture
@@ -58,7 +61,7 @@ def micro_adapter(model_id: str, name: str = "sam2-micro"):
 
     dl.Model.update = lambda self, **kwargs: self  # module fixtures outlive monkeypatch
     entity = dl.Model.from_json(
-        _json={"id": model_id, "name": name, "configuration": {"model": "micro", "device": "cpu"}},
+        _json={"id": model_id, "name": name, "configuration": {"model": "micro", "device": DEVICE}},
         client_api=dl.client_api, project=None, package=None, is_fetched=False)
     adapter = ModelAdapter()
     adapter.model_entity = entity
