@@ -48,7 +48,7 @@ from sam2_adapter.scenes import make_scene  # noqa: E402
 from sam2_adapter.segment import ImageSegmenter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_image import bare_decoder, sync  # noqa: E402  (the same limit as the image bench)
+from bench_image import bare_decoder, device_name, sync  # noqa: E402  (the same limit as the image bench)
 
 
 def write_dataset(folder: Path, n_images: int, n_boxes: int, height: int, width: int, seed: int = 0):
@@ -158,10 +158,8 @@ def main(argv=None) -> int:
         existing_s = timed(lambda: existing_approach(segmenter, folder, coco))
 
     n = args.images
-    device = segmenter.device
-    where_run = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     print(f"model: {args.model}, {n} images {args.width}x{args.height} (PNG files), {args.boxes} boxes each, "
-          f"torch {torch.__version__}, {where_run}, {torch.get_num_threads()} CPU threads, "
+          f"torch {torch.__version__}, {device_name(segmenter.device)}, {torch.get_num_threads()} CPU threads, "
           f"{args.workers} pipeline workers")
     print(f"  bare image encoder, sum over the images            {encode_s:7.2f} s")
     print(f"  bare decoder, an image's boxes in ours' calls      {decode_s:7.2f} s")

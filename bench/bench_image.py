@@ -43,6 +43,10 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def best_times(fns: dict, repeat: int) -> dict:
     """Fastest of `repeat` rounds of each function, the functions taking turns within a round: a virtual
     machine's speed drifts over seconds and other jobs only ever slow a run, so the ratios of interleaved best
@@ -168,10 +172,8 @@ def main(argv=None) -> int:
     }, args.repeat * 3)
     refine, one_call, same_prompts = t["refine"], t["one_call"], t["same_prompts"]
 
-    where_run = (torch.cuda.get_device_name(segmenter.device) if segmenter.device.type == "cuda"
-                 else segmenter.device.type)
-    print(f"model: {args.model}, image 1920x1080, {len(boxes)} boxes, torch {torch.__version__}, {where_run}, "
-          f"{torch.get_num_threads()} CPU threads")
+    print(f"model: {args.model}, image 1920x1080, {len(boxes)} boxes, torch {torch.__version__}, "
+          f"{device_name(segmenter.device)}, {torch.get_num_threads()} CPU threads")
     print(f"  image encoder (once per image, all approaches)  {encode_s * 1000:8.1f} ms")
     print(f"  bare decoder, {min(per_call, len(boxes)):2d} boxes a call (limit)         {limit * 1000:8.1f} ms   "
           f"(all {len(boxes)} in one call: {all_in_one * 1000:.1f} ms)")

@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     report = Report()
     torch.manual_seed(0)
     model = load_named_model("micro", device)
-    check_images(model, load_named_model("micro", "cpu"), device, report)
+    check_images(model, model if device.type == "cpu" else load_named_model("micro", "cpu"), device, report)
     check_tracking(model, load_named_model("micro", device, video=True), device, report)
     print(f"{'all checks passed' if not report.failed else 'FAILED: ' + ', '.join(report.failed)} "
           f"({time.perf_counter() - start:.1f} s)")
