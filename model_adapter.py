@@ -7,6 +7,7 @@ Every function here turns dtlpy items and annotation JSON into arrays and prompt
 from __future__ import annotations
 
 import bisect
+import collections
 import copy
 import logging
 import os
@@ -81,7 +82,9 @@ class ModelAdapter(dl.BaseModelAdapter):
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def __init__(self, model_entity: dl.Model = None):
         self.segmenter = None
-        self.report: list[dict] = []  # batch jobs: one line per item or box that gave nothing, and why
+        # batch jobs: one line per item or box that gave nothing, and why (the latest lines of a long-lived service)
+        self.report: collections.deque[dict] = collections.deque(maxlen=10_000)
+        self._untouched: set[str] = set()  # items of the current batch that were skipped or failed
         super().__init__(model_entity)
 
     def _ready(self) -> None:
@@ -403,35 +406,40 @@ class ModelAdapter(dl.BaseModelAdapter):
     def _predict_item(self, prepared: "PreparedItem") -> dl.AnnotationCollection:
         item = prepared.item
         builder = item.annotations.builder()
+        predicted = False
         try:
             if prepared.error:
                 self._report(item, prepared.error)
             elif prepared.is_video:
-                self._predict_video(prepared, builder)
+                predicted = self._predict_video(prepared, builder)
             else:
-                self._predict_image(prepared, builder)
+                predicted = self._predict_image(prepared, builder)
         except Exception as error:  # this item's results are lost, not the batch's
             if not isinstance(error, InputError):
                 log.exception("item %s", item.id)
             builder = item.annotations.builder()
+            predicted = False
             message = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
             self._report(item, message if message.startswith(f"item {item.id}") else f"item {item.id}: {message}")
         finally:
             prepared.release()  # the batch's features and the video are not kept past their item
+        if not predicted:
+            self._untouched.add(item.id)
         return builder
 
-    def _predict_image(self, prepared: "PreparedItem", builder: dl.AnnotationCollection) -> None:
+    def _predict_image(self, prepared: "PreparedItem", builder: dl.AnnotationCollection) -> bool:
+        """Adds the item's new annotations to `builder`; False when the item was skipped."""
         item = prepared.item
         if not prepared.boxes:
             if self.settings.no_prompts == "skip":
                 self._report(item, f"item {item.id}: no box annotations to convert (skipped)")
-                return
+                return False
             for proposal in propose_masks(self.segmenter, prepared.features, self.settings.proposals()):
                 builder.annotations.extend(self._mask_annotations(item, proposal, "object", {},
                                                                   {"user": {"sam2": {"proposal": True}}}))
             if not builder.annotations:
                 self._report(item, f"item {item.id}: no proposals passed the filters")
-            return
+            return True
         sources = prepared.boxes
         outcomes = segment_box_prompts(
             self.segmenter, prepared.features, [_box_prompt(a) for a in sources],
@@ -442,10 +450,12 @@ class ModelAdapter(dl.BaseModelAdapter):
                 self._report(item, str(outcome))
                 continue
             builder.annotations.extend(outcome)
+        return True
 
-    def _predict_video(self, prepared: "PreparedItem", builder: dl.AnnotationCollection) -> None:
+    def _predict_video(self, prepared: "PreparedItem", builder: dl.AnnotationCollection) -> bool:
         """Every box, polygon and mask annotation of a video followed both ways from its drawn frames (the whole
-        video, or `video_max_frames` each way), as one video annotation per source and output type."""
+        video, or `video_max_frames` each way), as one video annotation per source and output type. False when
+        there was nothing to track."""
         item = prepared.item
         failures = list(prepared.failures)
         if prepared.tracks:
@@ -461,6 +471,7 @@ class ModelAdapter(dl.BaseModelAdapter):
                                f"no proposals on videos)")
         for failure in failures:
             self._report(item, f"item {item.id}: {failure}")
+        return bool(prepared.tracks)
 
     def _mask_annotations(self, item: dl.Item, result: MaskResult, label, attributes, metadata: dict,
                           kinds: Sequence[str] | None = None) -> list[dl.Annotation]:
@@ -479,6 +490,11 @@ class ModelAdapter(dl.BaseModelAdapter):
         self.report.append({"item": item.id, "message": message})
 
     def _upload_model_annotations(self, item: dl.Item, predictions):
+        if item.id in self._untouched:
+            # The base class would first delete this model's earlier results on the item: a re-run would wipe
+            # them on every item it skips (its boxes replaced by the earlier run) or fails to download.
+            self._untouched.discard(item.id)
+            return predictions
         uploaded = super()._upload_model_annotations(item, predictions)
         if self.settings.replace_boxes:
             sources = {a.metadata.get("user", {}).get("sam2", {}).get("source_annotation_id") for a in predictions}

@@ -252,6 +252,7 @@ class OfflinePlatform:
         self.stored: dict[str, list[dict]] = {}
         self.uploaded: dict[str, list] = {}
         self.deleted: dict[str, list] = {}
+        self.cleaned: list[str] = []  # items whose earlier model results the base class deleted (by filter)
         platform = self
 
         def list_annotations(repo, *args, **kwargs):
@@ -265,6 +266,8 @@ class OfflinePlatform:
         def delete(repo, annotation=None, annotation_id=None, filters=None, **kwargs):
             if annotation_id is not None:
                 platform.deleted.setdefault(repo.item.id, []).append(annotation_id)
+            elif filters is not None:
+                platform.cleaned.append(repo.item.id)
             return True
 
         monkeypatch.setattr(dl.repositories.Annotations, "list", list_annotations)
@@ -324,3 +327,22 @@ def test_predict_items_both_outputs_and_replacing_boxes(adapter, scenes, platfor
     kinds = {a.type for a in platform.uploaded["batch-replace"]}
     assert kinds == {"binary", "segment"}
     assert sorted(platform.deleted["batch-replace"]) == sorted(b["id"] for b in boxes)
+
+
+def test_a_rerun_leaves_the_results_of_items_it_skips_or_fails(adapter, scenes, platform, monkeypatch):
+    """dtlpy's base class deletes the model's earlier results before uploading an item's new ones: a re-run of a
+    job that replaced the boxes (nothing left to convert) or that cannot read an item must not wipe them."""
+    monkeypatch.setattr(adapter, "settings", adapter.settings.__class__.from_mapping(
+        {**adapter.settings.as_dict(), "replace_boxes": True}))
+    scene = scenes[6]
+    converted = platform.item("rerun-converted", scene.image)  # its boxes were replaced by the first run
+    corrupt = platform.item("rerun-corrupt", data=b"not an image", boxes=[box_json("rc-0", [0, 0, 9, 9])])
+    boxed = platform.item("rerun-boxed", scene.image, boxes=[box_json("rb-0", scene.boxes[0])])
+    adapter.predict_items([converted, corrupt, boxed], batch_size=3)
+    assert platform.cleaned == ["rerun-boxed"], "only an item with new results has its earlier ones replaced"
+    assert "rerun-converted" not in platform.uploaded and "rerun-corrupt" not in platform.uploaded
+    assert [a.type for a in platform.uploaded["rerun-boxed"]] == ["binary"]
+    # the next batch starts afresh: a skipped item of one batch does not shield the same item in the next
+    platform.stored["rerun-converted"] = [box_json("rc-1", scene.boxes[1])]
+    adapter.predict_items([converted])
+    assert platform.cleaned == ["rerun-boxed", "rerun-converted"]

@@ -237,7 +237,7 @@ def test_key_frame_annotations_become_masklets_over_the_whole_video(adapter, cli
 
     results = by_source(platform.uploaded[item.id])
     assert sorted(results) == ["box-0", "poly-1"] and all(len(r) == 1 for r in results.values())
-    assert adapter.report == []
+    assert list(adapter.report) == []
     for source, (annotation,) in results.items():
         assert annotation.item_id == item.id
         assert annotation.object_id == {"box-0": "4", "poly-1": "9"}[source], "the source's object id is kept"
@@ -433,7 +433,7 @@ def test_track_video_through_the_shared_mechanism_keeps_its_drawing(adapter, cli
     box = box_of(clip.masks[2, 0], "car")
     adapter.report.clear()
     (result,) = adapter.track_video(item=item, annotations=[video_annotation(item, "kept", {2: box})], max_frames=3)
-    assert adapter.report == []
+    assert list(adapter.report) == []
     frames = read_back_json(result, item)
     assert result["id"] == "kept" and result["type"] == "box" and "model" not in result["metadata"]["user"]
     assert sorted(frames) == [2, 3, 4] and frames[2].fixed and frames[2].object_visible
