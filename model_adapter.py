@@ -22,7 +22,7 @@ import numpy as np
 from sam2_adapter.config import Settings
 from sam2_adapter.embeddings import EmbeddingCache
 from sam2_adapter.errors import InputError
-from sam2_adapter.geometry import enclosing_box, mask_to_png_data_url, mask_to_polygons, validate_box
+from sam2_adapter.geometry import enclosing_box, mask_to_png_data_url, object_polygons, validate_box
 from sam2_adapter.images import decode_image
 from sam2_adapter.models import load_model, load_named_model
 from sam2_adapter.proposals import propose_masks
@@ -268,9 +268,6 @@ class ModelAdapter(dl.BaseModelAdapter):
                 annotation = self._video_annotation(item, track, kind, object_id, image_hw)
                 if annotation is not None:
                     results.append((track, annotation))
-                elif seen:  # masks everywhere, but none with a part above polygon_min_area
-                    failures.append(f"annotation {track.source.id}: every mask is under polygon_min_area "
-                                    f"({self.settings.polygon_min_area:g} pixels), no polygon")
         return results, failures
 
     def _follow(self, tracker: VideoTracker, tracks: list["VideoTrack"], direction: str, max_frames: int | None,
@@ -315,17 +312,15 @@ class ModelAdapter(dl.BaseModelAdapter):
 
     def _tracked_definition(self, obj: ObjectMask, kind: str, label: str = "tracked", attributes=None):
         """The object on one frame as a definition of the prompt's type (a box, the polygon of its largest part
-        with holes kept as keyhole cuts, or the mask); None where SAM 2 says it is absent or nothing of it is
-        left above `polygon_min_area`. One shape a frame: a video annotation holds one per frame."""
+        with holes kept as keyhole cuts, or the mask); None where SAM 2 says it is absent. One shape a frame: a
+        video annotation holds one per frame."""
         if not obj.visible:
             return None
         if kind == dl.AnnotationType.BOX:
             x1, y1, x2, y2 = obj.box
             return dl.Box(left=x1, top=y1, right=x2, bottom=y2, label=label, attributes=attributes)
         if kind == dl.AnnotationType.POLYGON:
-            rings = mask_to_polygons(obj.crop, self.settings.polygon_tolerance, self.settings.polygon_min_area)
-            if not rings:
-                return None
+            rings = object_polygons(obj.crop, self.settings.polygon_tolerance, self.settings.polygon_min_area)
             return dl.Polygon(geo=rings[0] + np.asarray(obj.origin, dtype=rings[0].dtype), label=label,
                               attributes=attributes)
         return CroppedSegmentation(obj.crop, obj.origin, obj.image_hw, label, attributes)
@@ -545,7 +540,7 @@ class ModelAdapter(dl.BaseModelAdapter):
         return [dl.Polygon(geo=ring, label=label, attributes=attributes) for ring in self._polygons(result)]
 
     def _polygons(self, result: MaskResult) -> list[np.ndarray]:
-        rings = mask_to_polygons(result.crop, self.settings.polygon_tolerance, self.settings.polygon_min_area)
+        rings = object_polygons(result.crop, self.settings.polygon_tolerance, self.settings.polygon_min_area)
         return [ring + np.asarray(result.origin, dtype=ring.dtype) for ring in rings]
 
     def _features(self, item: dl.Item):

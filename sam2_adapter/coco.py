@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from sam2_adapter.errors import InputError
-from sam2_adapter.geometry import DEFAULT_MIN_AREA, mask_to_polygons, mask_to_rle
+from sam2_adapter.geometry import DEFAULT_MIN_AREA, mask_to_polygons, mask_to_rle, object_polygons
 from sam2_adapter.images import decode_image
 from sam2_adapter.proposals import ProposalSettings, propose_masks
 from sam2_adapter.segment import BoxPrompt, ImageSegmenter, MaskResult, segment_box_prompts
@@ -304,11 +304,10 @@ def mask_annotation_fields(result: MaskResult, polygons: bool = False, polygon_t
 
     Polygons run through the centres of the mask's boundary pixels (see `geometry`), shifted by +0.5 px into
     COCO's frame, where pixel (col, row) covers [col, col + 1) x [row, row + 1); a pixel-exact round trip needs
-    RLE. A mask with no part of `polygon_min_area` pixels still gets its small parts as polygons.
+    RLE. A mask with no part of `polygon_min_area` pixels still gets its small parts (`object_polygons`).
     """
     if polygons:
-        rings = mask_to_polygons(result.crop, polygon_tolerance, polygon_min_area) or \
-            mask_to_polygons(result.crop, polygon_tolerance, 0)
+        rings = object_polygons(result.crop, polygon_tolerance, polygon_min_area)
         offset = np.asarray(result.origin, np.float64) + 0.5
         segmentation = [[round(float(v), 2) for v in (ring + offset).ravel()] for ring in rings]
     else:

@@ -219,6 +219,13 @@ def mask_to_polygons(
     return [ring for _, ring in parts]
 
 
+def object_polygons(mask: np.ndarray, tolerance: float = 1.0, min_area: float = DEFAULT_MIN_AREA) -> list[np.ndarray]:
+    """The polygons of one object's mask: ``mask_to_polygons``, except that a mask made only of parts smaller
+    than ``min_area`` keeps them all. ``min_area`` drops specks beside an object, never the object itself: a box
+    whose mask is a few pixels still gets its polygons. ``[]`` only for an empty mask."""
+    return mask_to_polygons(mask, tolerance, min_area) or mask_to_polygons(mask, tolerance, 0)
+
+
 def _region_pixels(contours: Sequence[np.ndarray], outer: np.ndarray) -> np.ndarray:
     """Exact pixel count of the region each findContours contour bounds (``outer[i]``: a part's outline, else a
     hole), by Pick's theorem: the contour runs through lattice points (pixel centres), B of them on the

@@ -110,6 +110,22 @@ def test_box_to_polygon_keeps_parts_and_holes(adapter, scenes):
         assert mask_iou(rasterised, expected) >= 0.98, "the polygons follow the mask, parts and holes"
 
 
+
+def test_a_mask_smaller_than_polygon_min_area_still_gives_its_polygons(adapter, scenes, monkeypatch):
+    """polygon_min_area drops specks beside an object, never the object: with every part of every mask under it,
+    each box still comes back, as all of its parts."""
+    scene = scenes[2]
+    monkeypatch.setattr(adapter, "settings", adapter.settings.__class__.from_mapping(
+        {**adapter.settings.as_dict(), "polygon_min_area": 1e9}))
+    boxes = [box_json(f"s-{k}", b) for k, b in enumerate(scene.boxes)]
+    out = adapter.box_to_polygon(item=make_item("item-specks", scene.image), annotations=boxes)
+    h, w = scene.image.shape[:2]
+    for box, result in zip(boxes, core_masks(adapter, scene)):
+        rings = [np.asarray(dl.Annotation.from_json(a).geo) for a in out
+                 if a["metadata"]["user"]["sam2"]["source_annotation_id"] == box["id"]]
+        assert rings, f"box {box['id']} was dropped"
+        assert mask_iou(polygons_to_mask(rings, h, w), result.full()) >= 0.98
+
 @pytest.mark.parametrize("function", ["box_to_polygon", "box_to_segmentation"])
 def test_box_annotations_are_the_same_with_the_geometry_beside_the_decoder(adapter, scenes, monkeypatch, function):
     """Where a core is free (a GPU), each box's geometry and JSON are made on a worker while the decoder runs the
