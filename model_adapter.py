@@ -12,6 +12,7 @@ import copy
 import logging
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -82,6 +83,7 @@ class ModelAdapter(dl.BaseModelAdapter):
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def __init__(self, model_entity: dl.Model = None):
         self.segmenter = None
+        self._load_lock = threading.Lock()
         # batch jobs: one line per item or box that gave nothing, and why (the latest lines of a long-lived service)
         self.report: collections.deque[dict] = collections.deque(maxlen=10_000)
         self._untouched: set[str] = set()  # items of the current batch that were skipped or failed
@@ -90,33 +92,35 @@ class ModelAdapter(dl.BaseModelAdapter):
     def _ready(self) -> None:
         """A studio service may start the adapter without a model entity: it then serves the default model."""
         if self.segmenter is None:
-            self.load(None)
+            with self._load_lock:  # the first requests of a fresh service arrive together: one loads
+                if self.segmenter is None:
+                    self.load(None)
 
     def load(self, local_path, **kwargs):
         """Loads the configured checkpoint: from the model's artifacts in `local_path`, else the local cache,
-        else by download (official models)."""
-        self.settings = Settings.from_mapping(self.configuration if self._model_entity is not None else None)
-        self.model = self._load_model(self.settings, Path(local_path) if local_path else None)
-        self.segmenter = ImageSegmenter(
-            self.model,
-            EmbeddingCache(self.settings.embedding_cache_mb * 1024 * 1024),
-            mask_threshold=self.settings.mask_threshold,
-            max_prompts_per_call=self.settings.max_prompts_per_call,
-        )
-        self.refinements = RefinementMemory(self.settings.refine_memory_objects)
-        log.info("loaded %s on %s", self._model_label, self.segmenter.device)
+        else by download (official models). The segmenter is set last: a request that sees it sees the rest."""
+        settings = Settings.from_mapping(self.configuration if self._model_entity is not None else None)
+        model, label = self._load_model(settings, Path(local_path) if local_path else None)
+        segmenter = ImageSegmenter(model, EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024),
+                                   mask_threshold=settings.mask_threshold,
+                                   max_prompts_per_call=settings.max_prompts_per_call)
+        self.settings, self.model, self._model_label = settings, model, label
+        self.refinements = RefinementMemory(settings.refine_memory_objects)
+        self.segmenter = segmenter
+        log.info("loaded %s on %s", label, segmenter.device)
 
-    def _load_model(self, settings: Settings, artifacts: Path | None):
+    @staticmethod
+    def _load_model(settings: Settings, artifacts: Path | None):
+        """(model, the name its results carry)."""
         search = [artifacts] if artifacts else []
         if settings.config_file or settings.checkpoint_file:
             if not (settings.config_file and settings.checkpoint_file):
                 raise InputError("a custom model needs both `config_file` and `checkpoint_file`")
             config, checkpoint = (_in_artifacts(Path(name), artifacts)
                                   for name in (settings.config_file, settings.checkpoint_file))
-            self._model_label = f"custom model {checkpoint.name}"
-            return load_model(config, checkpoint, settings.device)
-        self._model_label = settings.model
-        return load_named_model(settings.model, settings.device, search_dirs=search, download=settings.download)
+            return load_model(config, checkpoint, settings.device), f"custom model {checkpoint.name}"
+        return (load_named_model(settings.model, settings.device, search_dirs=search, download=settings.download),
+                settings.model)
 
     # -- studio functions --------------------------------------------------------------------------------------
     def box_to_segmentation(self, dl=None, item: dl.Item = None, annotations: list = None, progress=None) -> list:

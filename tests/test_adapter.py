@@ -362,3 +362,39 @@ def test_a_rerun_leaves_the_results_of_items_it_skips_or_fails(adapter, scenes, 
     platform.stored["rerun-converted"] = [box_json("rc-1", scene.boxes[1])]
     adapter.predict_items([converted])
     assert platform.cleaned == ["rerun-boxed", "rerun-converted"]
+
+
+def test_concurrent_first_requests_load_the_model_once(adapter, scenes, monkeypatch):
+    """A studio service starts without a model entity and loads on its first request; the first requests arrive
+    together (concurrency 8). One loads, the others wait for it, and every one gets its mask."""
+    from model_adapter import ModelAdapter
+
+    loads = []
+
+    def load_model(settings, artifacts):
+        loads.append(threading.current_thread().name)
+        threading.Event().wait(0.2)  # a download or a load takes a while: the other requests arrive meanwhile
+        return adapter.model, "micro"
+
+    monkeypatch.setattr(ModelAdapter, "_load_model", staticmethod(load_model))
+    fresh = ModelAdapter()
+    scene = scenes[1]
+    item = make_item("item-first-requests", scene.image)
+    boxes = [box_json(f"first-{k}", b) for k, b in enumerate(scene.boxes)]
+    results, errors = [], []
+
+    def request():
+        try:
+            results.append(fresh.box_to_segmentation(item=item, annotations=boxes))
+        except Exception as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(loads) == 1
+    assert len(results) == 8 and all(r == results[0] for r in results)
+    assert [a["coordinates"] for a in results[0]] == [
+        a["coordinates"] for a in adapter.box_to_segmentation(item=item, annotations=boxes)]
