@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -77,6 +78,9 @@ class Settings:
     """Proposals: at most this many per image (0 = no cap)."""
 
     _CHOICES = {"output_type": ("segmentation", "polygon", "both"), "no_prompts": ("skip", "propose")}
+    # The least value of a number (0 where not listed): mask_threshold is a logit, any finite value.
+    _MINIMUM = {"mask_threshold": -math.inf, "max_prompts_per_call": 1}
+    _PROPOSAL_PREFIX = "proposal_"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> "Settings":
@@ -86,9 +90,11 @@ class Settings:
         unknown = sorted(set(values) - set(fields) - _PLATFORM_KEYS)
         if unknown:
             log.warning("ignoring unknown configuration keys: %s", ", ".join(unknown))
-        kwargs = {}
+        # the proposal keys are read (and checked) by ProposalSettings, with its own ranges
+        kwargs = {cls._PROPOSAL_PREFIX + name: value for name, value in
+                  ProposalSettings.from_mapping(values, prefix=cls._PROPOSAL_PREFIX).as_dict().items()}
         for name, field in fields.items():
-            if name not in values or values[name] is None:
+            if name not in values or values[name] is None or name in kwargs:
                 continue
             value = values[name]
             default = field.default
@@ -97,9 +103,10 @@ class Settings:
                     if not isinstance(value, bool):
                         raise ValueError("expected true or false")
                 elif isinstance(default, (int, float)):
-                    value = type(default)(value)
-                    if value < 0:
-                        raise ValueError("must not be negative")
+                    value = _number(value, integer=isinstance(default, int))
+                    least = cls._MINIMUM.get(name, 0)
+                    if value < least:
+                        raise ValueError("must not be negative" if least == 0 else f"must be at least {least}")
                 else:
                     value = str(value)
             except (TypeError, ValueError) as error:
@@ -108,12 +115,24 @@ class Settings:
         for name, allowed in cls._CHOICES.items():
             if name in kwargs and kwargs[name] not in allowed:
                 raise InputError(f"configuration key {name!r} is {kwargs[name]!r}; expected one of {', '.join(allowed)}")
-        settings = cls(**kwargs)
-        settings.proposals()  # validates the proposal keys now, not at the first image
-        return settings
+        return cls(**kwargs)
 
     def proposals(self) -> ProposalSettings:
         return ProposalSettings.from_mapping(self.as_dict(), prefix="proposal_")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _number(raw: Any, integer: bool) -> int | float:
+    """A configuration number (strings of numbers too): finite, and whole where the key is an integer."""
+    if isinstance(raw, bool):
+        raise ValueError("expected a number")
+    number = float(raw)
+    if not math.isfinite(number):
+        raise ValueError("expected a finite number")
+    if integer:
+        if not number.is_integer():
+            raise ValueError("expected a whole number")
+        return int(number)
+    return number

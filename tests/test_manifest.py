@@ -38,6 +38,7 @@ finally:
 import model_adapter  # noqa: E402  (after the dtlpy import above)
 from model_adapter import ModelAdapter  # noqa: E402
 from sam2_adapter.config import Settings  # noqa: E402
+from sam2_adapter.errors import InputError  # noqa: E402
 from sam2_adapter.models import CHECKPOINTS  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -351,3 +352,25 @@ def test_studio_service(dpk, module):
         f"{where}: runtime differs from computeConfig {gpu.name!r}; keep them equal (one runner image, one GPU setup)")
     timeout = service.get("executionTimeout")
     assert isinstance(timeout, int) and timeout > 0, f"{where}: executionTimeout {timeout!r}"
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("mask_threshold", -1.5, -1.5),  # a logit: a negative threshold grows the mask
+    ("video_max_frames", "12", 12),  # numbers typed as strings in the platform's configuration editor
+    ("proposal_points_per_side", 16.0, 16),
+])
+def test_configuration_numbers_are_read_as_meant(key, value, expected):
+    assert getattr(Settings.from_mapping({key: value}), key) == expected
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("embedding_cache_mb", 0.5, "whole number"),  # was truncated to 0: no cache at all
+    ("proposal_min_mask_area", 2.7, "integer"),
+    ("max_prompts_per_call", 0, "at least 1"),  # a decoder call of no prompts never ends a request
+    ("polygon_tolerance", float("nan"), "finite"),
+    ("polygon_min_area", -1, "negative"),
+    ("replace_boxes", 1, "true or false"),
+])
+def test_a_bad_configuration_number_is_refused_by_name(key, value, why):
+    with pytest.raises(InputError, match=f"{key}.*{why}"):
+        Settings.from_mapping({key: value})
