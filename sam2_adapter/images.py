@@ -14,7 +14,8 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     OpenCV applies the EXIF orientation, as browsers (and so the studio) do.
     """
     buffer = np.frombuffer(data, dtype=np.uint8)
-    flags = cv2.IMREAD_UNCHANGED if _has_depth_or_alpha(buffer) else cv2.IMREAD_COLOR
+    # IMREAD_UNCHANGED would keep alpha (dropped below anyway) but skips the EXIF orientation
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if _has_depth(buffer) else cv2.IMREAD_COLOR
     image = cv2.imdecode(buffer, flags) if buffer.size else None
     if image is None:
         raise InputError(f"{name}: the file is not a readable image ({len(data)} bytes)")
@@ -23,8 +24,8 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     return to_rgb8(image, name)
 
 
-def _has_depth_or_alpha(buffer: np.ndarray) -> bool:
-    """PNG and TIFF may carry 16-bit samples or alpha, which IMREAD_COLOR would squash without scaling."""
+def _has_depth(buffer: np.ndarray) -> bool:
+    """PNG and TIFF may carry 16-bit samples, which IMREAD_COLOR would squash without scaling."""
     head = buffer[:4].tobytes()
     return head.startswith(b"\x89PNG") or head[:2] in (b"II", b"MM")
 

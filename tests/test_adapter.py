@@ -198,10 +198,11 @@ def test_video_item_is_refused_by_image_functions(adapter):
         adapter.box_to_polygon(item=item, annotations=[box_json("a", [0, 0, 10, 10])])
 
 
-@pytest.mark.parametrize("convert", ["gray", "rgba", "uint16", "palette"])
+@pytest.mark.parametrize("convert", ["gray", "rgba", "uint16", "palette", "exif-png", "exif-jpeg"])
 def test_image_kinds_are_converted(adapter, scenes, convert):
-    """Each kind reaches the model as the RGB image a viewer would see."""
-    from PIL import Image
+    """Each kind reaches the model as the RGB image a viewer would see (an EXIF orientation applied, as browsers
+    and so the studio do)."""
+    from PIL import Image, ImageOps
     rgb = scenes[3].image
     if convert == "gray":
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
@@ -210,6 +211,15 @@ def test_image_kinds_are_converted(adapter, scenes, convert):
         data, expected = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA))[1], rgb
     elif convert == "uint16":
         data, expected = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)[1], rgb
+    elif convert.startswith("exif"):
+        # stored on its side, shown upright: orientation 6 turns it 90 degrees clockwise for display
+        stored, exif = Image.fromarray(np.ascontiguousarray(np.rot90(rgb))), Image.Exif()
+        exif[0x0112] = 6
+        buffer = io.BytesIO()
+        stored.save(buffer, format=convert.split("-")[1].upper(), exif=exif.tobytes(), quality=95)
+        data = buffer.getvalue()
+        expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+        assert expected.shape == rgb.shape
     else:
         buffer = io.BytesIO()
         paletted = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
