@@ -149,8 +149,11 @@ class ModelAdapter(dl.BaseModelAdapter):
         coords, labels = _parse_points(points or [], width, height, f"item {item.id}")
         box = None
         if bb:
-            corners = [[float(p["x"]), float(p["y"])] for p in bb[:2]]
-            box = validate_box([*corners[0], *corners[1]], width, height, f"item {item.id} box")
+            try:
+                (x1, y1), (x2, y2) = ((float(p["x"]), float(p["y"])) for p in bb[:2])
+            except (KeyError, TypeError, ValueError):
+                raise InputError(f"item {item.id}: bb must be two points {{x, y}}, got {bb!r}") from None
+            box = validate_box([x1, y1, x2, y2], width, height, f"item {item.id} box")
         if box is None and not len(coords):
             raise InputError(f"item {item.id}: refinement needs at least one click or a box")
         previous = self.refinements.previous(key, box, coords, labels)
@@ -503,19 +506,17 @@ class ModelAdapter(dl.BaseModelAdapter):
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _boxes_to_annotations(self, item: dl.Item, annotations: Iterable[dict], kind: str, progress) -> list:
+        """The studio's Box to Segmentation / Box to Polygon: each box's annotations as JSON, the first with the
+        box's id; an annotation that is not a box, or whose box gives no mask, is logged and named in the
+        progress message, and the others come back."""
         self._ready()
-        sources, prompts = [], []
-        for source in annotations or []:
+        given = list(annotations or [])
+        sources, failures = [], []
+        for source in given:
             try:
                 sources.append(_parse_box_annotation(source))
             except InputError as error:
-                log.warning("item %s: %s", item.id, error)
-                continue
-            ann = sources[-1]
-            prompts.append(_box_prompt(ann))
-        if not prompts:
-            return []
-        features, _ = self._features(item)
+                failures.append(str(error))
 
         def to_json(k: int, result: MaskResult) -> list[dict]:
             # where the segmenter overlaps it, this runs on a worker while the decoder runs the next boxes
@@ -526,16 +527,20 @@ class ModelAdapter(dl.BaseModelAdapter):
                 new[0]["id"] = source.id  # the studio replaces the box in place
             return new
 
-        results, failures = [], []
-        for outcome in segment_box_prompts(self.segmenter, features, prompts, then=to_json):
-            if isinstance(outcome, InputError):
-                failures.append(str(outcome))
-            else:
-                results.extend(outcome)
+        results = []
+        if sources:
+            features, _ = self._features(item)
+            for outcome in segment_box_prompts(self.segmenter, features, [_box_prompt(s) for s in sources],
+                                               then=to_json):
+                if isinstance(outcome, InputError):
+                    failures.append(str(outcome))
+                else:
+                    results.extend(outcome)
         for failure in failures:
             log.warning("item %s: %s", item.id, failure)
         if progress is not None and failures:
-            progress.update(message=f"{len(failures)} of {len(prompts)} boxes gave no mask: " + "; ".join(failures))
+            progress.update(message=f"{len(failures)} of {len(given)} annotations gave no {kind}: "
+                                    + "; ".join(failures))
         return results
 
     def _definitions(self, result: MaskResult, label: str, attributes, kind: str) -> list:
@@ -905,9 +910,18 @@ def _metadata(source: dl.Annotation) -> dict:
     return metadata
 
 
-def _rgb(color: Any) -> tuple[int, int, int]:
+def _rgb(color: Any):
+    """The studio's mask colour: None (white), "#rrggbb" or "#rgb", or (r, g, b) (checked where it is drawn)."""
     if color is None:
         return 255, 255, 255
-    if isinstance(color, str) and color.startswith("#") and len(color) == 7:
-        return tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))
-    return tuple(int(c) for c in list(color)[:3])
+    if not isinstance(color, str):
+        return color
+    digits = color.removeprefix("#")
+    if len(digits) == 3:
+        digits = "".join(c * 2 for c in digits)
+    try:
+        if len(digits) != 6:
+            raise ValueError
+        return tuple(int(digits[i:i + 2], 16) for i in (0, 2, 4))
+    except ValueError:
+        raise InputError(f"color: expected '#rrggbb' or (r, g, b), got {color!r}") from None

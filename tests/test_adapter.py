@@ -164,12 +164,29 @@ def test_bad_boxes_are_reported_by_id_and_the_rest_come_back(adapter, scenes, ca
         {"id": "garbage"},
         box_json("good-2", scene.boxes[1]),
     ]
+    progress = Progress()
     with caplog.at_level(logging.WARNING, logger="sam2-adapter"):
-        out = adapter.box_to_segmentation(item=item, annotations=annotations)
+        out = adapter.box_to_segmentation(item=item, annotations=annotations, progress=progress)
     assert [a["id"] for a in out] == ["good", "good-2"]
-    logged = caplog.text
+    (message,) = progress.messages
+    assert message.startswith("5 of 7 annotations gave no segmentation")
     for bad in ("nan-box", "zero-area", "outside", "a-point", "garbage"):
-        assert bad in logged, f"{bad} is not reported"
+        assert bad in caplog.text and bad in message, f"{bad} is not reported"
+    # nothing but bad annotations: still reported, not just logged
+    progress = Progress()
+    assert adapter.box_to_polygon(item=item, annotations=annotations[-3:-1], progress=progress) == []
+    assert "a-point" in progress.messages[0] and "garbage" in progress.messages[0]
+
+
+class Progress:
+    """The studio's progress object, as the adapter uses it."""
+
+    def __init__(self):
+        self.messages = []
+
+    def update(self, message=None, **kwargs):
+        if message is not None:
+            self.messages.append(message)
 
 
 def test_rotated_box_mask_stays_inside(adapter, scenes):
@@ -268,6 +285,13 @@ def test_interactive_editing_rejects_clicks_outside_the_image(adapter, scenes):
     item = make_item("item-click-bad", scenes[5].image)
     with pytest.raises(InputError, match="outside"):
         adapter.predict_interactive_editing(item=item, points=[{"x": 9999, "y": 3, "in": True}])
+    with pytest.raises(InputError, match="bb must be two points"):
+        adapter.predict_interactive_editing(item=item, points=[{"x": 5, "y": 5, "in": True}], bb=[{"x": 1}])
+    with pytest.raises(InputError, match="color"):
+        adapter.predict_interactive_editing(item=item, points=[{"x": 5, "y": 5, "in": True}], color="#12345")
+    short = adapter.predict_interactive_editing(item=item, points=[{"x": 5, "y": 5, "in": True}], color="#f0a")
+    assert short == adapter.predict_interactive_editing(item=item, points=[{"x": 5, "y": 5, "in": True}],
+                                                        color=[255, 0, 170])
 
 
 class OfflinePlatform:
