@@ -343,6 +343,7 @@ class ModelAdapter(dl.BaseModelAdapter):
         frames = {t: definitions[kind] for t, definitions in track.tracked.items()}
         if track.keep_drawn:
             frames.update(track.drawn)
+        frames.update(dict.fromkeys(track.hidden))  # the user's "not visible here" stands over SAM 2's result
         visible = sorted(t for t, definition in frames.items() if definition is not None)
         if not visible:
             return None
@@ -359,7 +360,8 @@ class ModelAdapter(dl.BaseModelAdapter):
             if definition is None:
                 values = track.drawn_before(t)
                 definition = _absent_definition(kind, values.label, values.attributes, image_hw)
-            builder.add(annotation_definition=definition, object_id=object_id, frame_num=t, fixed=t in track.drawn,
+            builder.add(annotation_definition=definition, object_id=object_id, frame_num=t,
+                        fixed=t in track.drawn or t in track.hidden,
                         object_visible=frames[t] is not None, automated=True, metadata=metadata,
                         model_info=model_info)
         return builder.annotations[0]
@@ -651,6 +653,7 @@ class VideoTrack:
 
     key: the tracker's object id (the annotation's id).
     drawn: {frame: definition} where the annotation is drawn: the prompts.
+    hidden: frames where the user marked the object not visible (fixed, not visible): it stays absent there.
     kinds: the annotation types it comes back as (its own type for `track_video`; the job's output in batch jobs).
     keep_drawn: the drawn frames come back as drawn (`track_video`), not as SAM 2's result there (batch jobs).
     spans: {direction: (first, last)} frames this annotation takes from the passes in that direction.
@@ -662,6 +665,7 @@ class VideoTrack:
     key: str
     source: dl.Annotation
     drawn: dict[int, Any]
+    hidden: frozenset[int] = frozenset()
     kinds: tuple[str, ...] = ()
     keep_drawn: bool = True
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -704,7 +708,7 @@ def _video_tracks(item: dl.Item, annotations: Iterable | None, skip_predictions:
             key = annotation.id or f"#{n}"
             if key in seen:
                 raise InputError(f"annotation {key}: given twice")
-            tracks.append(VideoTrack(key, annotation, _drawn_frames(annotation)))
+            tracks.append(VideoTrack(key, annotation, _drawn_frames(annotation), _hidden_frames(annotation)))
             seen.add(key)
         except InputError as error:
             failures.append(str(error))
@@ -741,6 +745,12 @@ def _drawn_frames(annotation: dl.Annotation) -> dict[int, Any]:
     if not drawn:
         raise InputError(f"annotation {annotation.id}: no frame where it is drawn (fixed and visible)")
     return drawn
+
+
+def _hidden_frames(annotation: dl.Annotation) -> frozenset[int]:
+    """The frames where the user marked the object not visible: key frames (fixed) without the object."""
+    frames = annotation.frames
+    return frozenset(int(t) for t in frames.actual_keys() if frames[t].fixed and not frames[t].object_visible)
 
 
 def _add_video_prompts(tracker: VideoTracker, tracks: list[VideoTrack]) -> list[str]:

@@ -195,6 +195,28 @@ def test_a_correction_frame_prompts_and_later_frames_take_its_attributes(adapter
         assert frames[t].attributes == {"occluded": t > 6}, "a tracked frame takes the latest drawn frame's values"
 
 
+
+def test_a_frame_the_user_marked_not_visible_stays_so(adapter, clip, video, platform):
+    """A key frame where the user says the object is not visible (occluded) is the user's, not SAM 2's to fill:
+    the result, which replaces the annotation in place, keeps it fixed and not visible."""
+    item = platform.item("vid-hidden", video)
+    drawn = box_of(clip.masks[0, 0], "car")
+    builder = item.annotations.builder()
+    builder.add(annotation_definition=drawn, object_id="1", frame_num=0, fixed=True)
+    builder.add(annotation_definition=drawn, object_id="1", frame_num=4, fixed=True, object_visible=False)
+    source = {**builder.annotations[0].to_json(), "id": "hidden"}
+    assert not read_back(source, item).frames[4].object_visible
+    (result,) = adapter.track_video(item=item, annotations=[source], direction="forward", max_frames=8)
+    core = core_frames(adapter, video, {"hidden": {0: {"type": "box", "box": mask_box(clip.masks[0, 0]).tolist()}}},
+                       [(0, "forward", 8)])
+    frames = frames_of(read_back(result, item))
+    assert sorted(frames) == list(range(8))
+    assert frames[4].fixed and not frames[4].object_visible
+    assert_no_geometry(frames[4], "box")
+    for t in (1, 2, 3, 5, 6, 7):
+        assert not frames[t].fixed
+        assert_frame_matches(adapter, frames[t], core["hidden"][t], "box")
+
 def test_masks_in_both_directions_keep_holes(adapter, clip, video, platform):
     item = platform.item("vid-mask", video)
     drawn = clip.masks[6, 1].copy()
