@@ -52,6 +52,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 # Consecutive undecodable frames after which a video file is taken to end there (its header over-counts).
 _MAX_CONSECUTIVE_FAILURES = 3
+# Frames before this one are reached by decoding from the start: as cheap as a seek, which decodes from a key frame.
+_DECODE_FROM_START_BELOW = 16
+# Seeks tried (each retried earlier by as many frames as it overshot) before decoding from the start.
+_SEEK_ATTEMPTS = 3
+# How far (in frame intervals) a packet timestamp may stray from an even grid for the video to count as
+# constant-rate: timestamps rounded to the container's time base stray a little, a change of frame rate adds up.
+_GRID_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True, eq=False)
@@ -264,6 +271,8 @@ class VideoFileSource(FrameSource):
         if count <= 0:  # some containers do not say: count by decoding (grab only, no colour conversion)
             count = self._count_frames()
         self.num_frames = count
+        self._locate: Callable[[float], int | None] | None = None  # see `_timeline`
+        self._timeline_lock = threading.Lock()
 
     def _count_frames(self) -> int:
         cap = cv2.VideoCapture(self.path)
@@ -276,19 +285,114 @@ class VideoFileSource(FrameSource):
         return n
 
     def _open_at(self, index: int) -> cv2.VideoCapture:
+        """A capture whose next `read()` is frame `index` (counted from the first frame, as sequential decoding does).
+
+        OpenCV's frame seek turns `index` into a time with the average frame rate, so on a variable-frame-rate
+        video (phones) it lands on another frame while still reporting `index`. A seek is therefore trusted only
+        when the timestamp of the frame it landed on names that frame on the video's timeline; otherwise it is
+        retried earlier, and at worst the frames are decoded from the start.
+        """
+        if index < _DECODE_FROM_START_BELOW:  # cheaper than a seek, and needs no timeline
+            return self._decode_from_start(index)
+        locate = self._timeline()
+        target = index
+        for _ in range(_SEEK_ATTEMPTS):
+            cap = self._capture()
+            cap.set(cv2.CAP_PROP_POS_FRAMES, target)
+            landed = locate(cap.get(cv2.CAP_PROP_POS_MSEC))  # the last frame the seek decoded
+            if landed is not None and landed < index:
+                for _ in range(index - 1 - landed):  # sequential from here: as exact as from the start
+                    cap.grab()
+                return cap
+            cap.release()
+            if landed is None:
+                break
+            target -= landed - (index - 1)  # landed that many frames too late: ask for as many earlier
+            if target < _DECODE_FROM_START_BELOW:
+                break
+        return self._decode_from_start(index)
+
+    def _capture(self) -> cv2.VideoCapture:
         cap = cv2.VideoCapture(self.path)
         if not cap.isOpened():
             raise InputError(f"video file {self.name} cannot be opened")
-        if index > 0:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-            pos = int(cap.get(cv2.CAP_PROP_POS_FRAMES))
-            if pos != index:  # a container without a usable index: decode from the start
-                cap.release()
-                cap = cv2.VideoCapture(self.path)
-                for _ in range(index):
-                    if not cap.grab():
-                        break
         return cap
+
+    def _decode_from_start(self, index: int) -> cv2.VideoCapture:
+        cap = self._capture()
+        for _ in range(index):  # a frame that fails to decode still counts, as `_read_run` counts it
+            cap.grab()
+        return cap
+
+    def _timeline(self) -> Callable[[float], int | None]:
+        """Maps a decoded frame's timestamp (`CAP_PROP_POS_MSEC`, ms) to its index (None: not a known frame, or
+        frame 0, whose 0 ms OpenCV also reports after a failed decode). Built once per source, on the first seek.
+
+        Constant frame rate, the common case, is proven from the packet timestamps alone (OpenCV's raw mode reads
+        them without decoding); the timeline is then a grid anchored on decoded frame 1. Otherwise one grab-only
+        pass records every decoded frame's own timestamp, which later seeks are looked up in exactly.
+        """
+        with self._timeline_lock:
+            if self._locate is None:
+                self._locate = self._constant_rate_grid() or self._decoded_timestamps()
+            return self._locate
+
+    def _constant_rate_grid(self) -> Callable[[float], int | None] | None:
+        cap = self._capture()
+        try:
+            if not cap.set(cv2.CAP_PROP_FORMAT, -1):  # this backend has no raw mode
+                return None
+            stamps = []
+            while cap.grab():
+                stamps.append(cap.get(cv2.CAP_PROP_POS_MSEC))
+        finally:
+            cap.release()
+        n = len(stamps)
+        if n != self.num_frames or n < 3:
+            return None
+        stamps.sort()  # packets come in decoding order
+        step = (stamps[-1] - stamps[0]) / (n - 1)
+        if not step > 0 or any(abs(t - stamps[0] - k * step) > _GRID_TOLERANCE * step for k, t in enumerate(stamps)):
+            return None
+        cap = self._capture()
+        try:
+            if not (cap.grab() and cap.grab()):
+                return None
+            origin = cap.get(cv2.CAP_PROP_POS_MSEC) - step  # frame 1: frame 0 may carry a decoding timestamp
+        finally:
+            cap.release()
+        num_frames = n
+
+        def locate(msec: float) -> int | None:
+            position = (msec - origin) / step
+            k = round(position)
+            return k if 1 <= k < num_frames and abs(position - k) <= 2 * _GRID_TOLERANCE else None
+
+        return locate
+
+    def _decoded_timestamps(self) -> Callable[[float], int | None]:
+        cap = self._capture()
+        index_of: dict[float, int | None] = {}
+        try:
+            k, failures = 0, 0
+            while k < self.num_frames and failures < _MAX_CONSECUTIVE_FAILURES:
+                if cap.grab():
+                    failures = 0
+                    key = round(cap.get(cv2.CAP_PROP_POS_MSEC), 3)
+                    index_of[key] = None if key in index_of else k  # a repeated timestamp names no frame
+                else:
+                    failures += 1
+                k += 1
+        finally:
+            cap.release()
+        log.info("%s: frame timestamps are not evenly spaced (variable frame rate); seeks are checked against "
+                 "each frame's own timestamp", self.name)
+
+        def locate(msec: float) -> int | None:
+            k = index_of.get(round(msec, 3))
+            return k if k else None
+
+        return locate
 
     def _read_run(self, first: int, count: int) -> Iterator[Frame]:
         """Frames first .. first+count-1 in order, from one seek; undecodable ones as error frames."""

@@ -23,6 +23,7 @@ from sam2_adapter.frames import (
     redact_url,
 )
 from sam2_adapter.scenes import write_jpeg_folder, write_video
+from vfr import frame_number, write_grey_mp4, write_vfr_mp4
 
 H, W = 72, 120  # not square
 N = 20
@@ -91,6 +92,39 @@ def test_video_file_backward_in_bounded_chunks(mp4, decoded, chunk):
     assert all(np.array_equal(image, decoded[i]) for i, image in got)
     got = _indices(video.frames(start=15, direction=-1, max_frames=5))
     assert [i for i, _ in got] == [15, 14, 13, 12, 11]
+
+
+VFR_N = 36  # frames 12.. last 3x as long: OpenCV's frame seek (by time at the average rate) misses from frame 17 on
+
+
+@pytest.fixture(scope="module", params=["variable", "constant"])
+def numbered_mp4(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp("rate") / f"{request.param}.mp4"
+    (write_vfr_mp4 if request.param == "variable" else write_grey_mp4)(path, VFR_N)
+    return request.param, path
+
+
+def _number(frame):
+    return None if frame.image is None else frame_number(frame.image)
+
+
+def _numbers(reader):
+    with reader:
+        return [(f.index, _number(f)) for f in reader]
+
+
+def test_every_way_of_reaching_frame_k_gives_frame_k_at_any_frame_rate(numbered_mp4):
+    """read(k), a pass forward from every start and a pass backward from every start give frame k's pixels under
+    index k, on a variable-frame-rate video (as phones record) and a constant-rate one."""
+    rate, path = numbered_mp4
+    video = VideoFileSource(path, backward_chunk=5)
+    if rate == "constant":  # proven constant from packet timestamps: no decoding pass to build a timeline
+        video._decoded_timestamps = lambda: pytest.fail("a constant-rate video was decoded to index its frames")
+    assert video.num_frames == VFR_N
+    assert [(k, _number(video.read(k))) for k in range(VFR_N)] == [(k, k) for k in range(VFR_N)]
+    for start in range(VFR_N):
+        assert _numbers(video.frames(start)) == [(k, k) for k in range(start, VFR_N)], f"forward from {start}"
+        assert _numbers(video.frames(start, -1)) == [(k, k) for k in range(start, -1, -1)], f"backward from {start}"
 
 
 def test_folder_numeric_order_non_square_and_prepare_in_reader_thread(tmp_path):
