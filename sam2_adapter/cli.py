@@ -9,7 +9,8 @@ The COCO jobs are resumable: after an interruption, the same command skips the i
 OUT.partial) and writes the same file. `track` starts over (SAM 2's memory of the frames before an interruption is
 gone), but builds its outputs aside and swaps them in when complete, so a re-run writes the same files and leaves
 none of an earlier run's masks behind. Exit status: 0 when everything was done, 1 when some images, boxes or frames
-were skipped (listed at the end, and in the output file), 2 for bad command-line input.
+were skipped or a preview or overlay could not be written (listed at the end, and in the output file), 2 for bad
+command-line input.
 """
 
 from __future__ import annotations

@@ -16,7 +16,12 @@ and resumed run writes the same bytes as an uninterrupted one.
 Bad input never stops the job: a missing or corrupt image, a box outside its image, an annotation of an unknown
 image id... becomes a `Problem` (what, and why) in the `JobSummary` and in the output file under
 `"sam2_adapter": {"skipped": [...]}` (COCO readers ignore unknown top-level keys); every other image is finished.
-Only what makes the whole job impossible (a missing folder, an unreadable COCO file) raises InputError.
+A preview that cannot be written is reported too (the image's masks are kept). Only what makes the whole job
+impossible (a missing folder, an unreadable COCO file, NaN or Infinity in it) raises InputError.
+
+Previews go to `previews_dir/<file_name>.png`, always inside `previews_dir`: a file_name that is absolute or climbs
+out with `..` is taken relative to the images folder when it points inside it, else with its root and `..` parts
+dropped; an image whose preview name is taken (case-insensitively) by an earlier image gets `<image id>_<name>`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 from collections import deque
@@ -94,7 +100,7 @@ class Problem:
 
 @dataclass
 class JobSummary:
-    """What a job did. `ok` is False when anything was skipped (the CLI exits 1 then)."""
+    """What a job did. `ok` is False when anything was skipped or a preview not written (the CLI exits 1 then)."""
 
     job: str
     output: Path
@@ -107,12 +113,14 @@ class JobSummary:
     annotations: int = 0
     """Annotations in the output file."""
     problems: list[Problem] = field(default_factory=list)
+    preview_failures: list[Problem] = field(default_factory=list)
+    """Previews that could not be written; the images' masks are in the output all the same."""
     notes: list[str] = field(default_factory=list)
     """Things the user should know that are not failures (e.g. a journal of another job was discarded)."""
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.preview_failures
 
     def report(self) -> str:
         """A human summary: counts, then every skipped image and annotation with its reason."""
@@ -125,6 +133,10 @@ class JobSummary:
             boxes = len(self.problems) - images
             lines.append(f"skipped {images} image{'s' * (images != 1)} and {boxes} annotation{'s' * (boxes != 1)}:")
             lines += [f"  {p.reason}" for p in self.problems]
+        if self.preview_failures:
+            n = len(self.preview_failures)
+            lines.append(f"{n} preview{'s' * (n != 1)} not written (the masks are in the output):")
+            lines += [f"  {p.reason}" for p in self.preview_failures]
         return "\n".join(lines)
 
 
@@ -339,17 +351,63 @@ def draw_overlay(image: np.ndarray, masks: list[np.ndarray], polygons: list[list
     return out
 
 
-def _write_preview(previews_dir: Path, file_name: str, image: np.ndarray, results: Sequence[MaskResult],
+def _write_preview(path: Path, image: np.ndarray, results: Sequence[MaskResult],
                    boxes: Sequence[Sequence[float]]) -> None:
-    """previews_dir/<file_name>.png: the image and, beside it, the masks, their outlines and boxes."""
+    """A PNG of the image and, beside it, the masks, their outlines and boxes. Raises OSError."""
     masks = [r.full() for r in results]
     rings = [[ring + np.asarray(r.origin) for ring in mask_to_polygons(r.crop)] for r in results]
     overlay = draw_overlay(image, masks, rings, np.asarray(boxes, np.float64).reshape(-1, 4))
-    path = previews_dir / (file_name + ".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
     picture = cv2.cvtColor(np.concatenate([image, overlay], axis=1), cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), picture):
-        raise OSError(f"could not write the preview {path}")
+    encoded, data = cv2.imencode(".png", picture)
+    if not encoded:
+        raise OSError("the PNG encoder failed")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.tobytes())  # not cv2.imwrite: its False says nothing of why
+
+
+def _preview_record(previews: dict[str, Path], task: _ImageTask, image: np.ndarray,
+                    results: Sequence[MaskResult], boxes: Sequence[Sequence[float]]) -> dict:
+    """Writes the task's preview; {} when done, else {"preview_problem": ...} for the journal record."""
+    path = previews[_key(task.image_id)]
+    try:
+        _write_preview(path, image, results, boxes)
+    except (OSError, ValueError, cv2.error) as error:
+        detail = getattr(error, "strerror", None) or str(error)
+        if getattr(error, "filename", None) not in (None, str(path)):
+            detail += f" ({error.filename})"
+        return {"preview_problem": task.problem(f"{task.name}: preview {path} not written: {detail}")}
+    return {}
+
+
+def _preview_paths(previews_dir: Path, tasks: Sequence[_ImageTask], images_dir: Path) -> dict[str, Path]:
+    """Each task's preview file (by `_key(image_id)`), inside `previews_dir` whatever its file_name, and no
+    two the same (compared case-insensitively, for the file systems that do). Deterministic in task order."""
+    paths, taken = {}, set()
+    for task in tasks:
+        parts = _safe_parts(task.file_name, images_dir) or [f"image_{_safe_id(task.image_id)}"]
+        candidate, n = parts, 1
+        while "/".join(candidate).casefold() in taken:
+            n += 1
+            prefix = _safe_id(task.image_id) + (f"_{n - 1}" if n > 2 else "")
+            candidate = parts[:-1] + [f"{prefix}_{parts[-1]}"]
+        taken.add("/".join(candidate).casefold())
+        paths[_key(task.image_id)] = previews_dir.joinpath(*candidate[:-1], candidate[-1] + ".png")
+    return paths
+
+
+def _safe_parts(file_name: str, images_dir: Path) -> list[str]:
+    """file_name as path parts with no root and no `.`/`..`: relative to the images folder when it points inside
+    it (an absolute path, or `../images/x.png`), else as written with those parts dropped."""
+    path = Path(os.path.normpath(images_dir / file_name))
+    if path.is_relative_to(images_dir) and path != images_dir:
+        path = path.relative_to(images_dir)
+    else:
+        path = Path(file_name)
+    return [part for part in path.parts[1 if path.anchor else 0:] if part not in (".", "..")]
+
+
+def _safe_id(image_id: Any) -> str:
+    return re.sub(r"[^0-9A-Za-z._-]", "_", str(image_id))
 
 
 # --------------------------------------------------------------------------------------------- the jobs
@@ -385,8 +443,9 @@ def _load_image(task: _ImageTask) -> np.ndarray:
         data = task.path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{task.name}: file not found: {task.path}") from None
-    except OSError as error:
-        raise InputError(f"{task.name}: cannot read {task.path}: {error.strerror or error}") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL in the name
+        reason = getattr(error, "strerror", None) or error
+        raise InputError(f"{task.name}: cannot read {task.path}: {reason}") from None
     image = decode_image(data, task.name)
     if task.declared_hw is not None and image.shape[:2] != task.declared_hw:
         h, w = task.declared_hw
@@ -461,7 +520,7 @@ def boxes_to_masks(images_dir, coco_in, coco_out, segmenter: ImageSegmenter, *, 
     identity = {"job": "boxes-to-masks", "coco_in": _file_digest(coco_in), "images_dir": str(images_dir),
                 "polygons": polygons, "tolerance": polygon_tolerance, "min_area": polygon_min_area,
                 "model": model_name, "mask_threshold": segmenter.mask_threshold}
-    previews = Path(previews_dir) if previews_dir else None
+    previews = _preview_paths(Path(previews_dir), tasks, images_dir) if previews_dir else None
 
     def prepare(task: _ImageTask) -> _Loaded:
         loaded = _Loaded()
@@ -495,11 +554,11 @@ def boxes_to_masks(images_dir, coco_in, coco_out, segmenter: ImageSegmenter, *, 
                                                                  polygon_min_area)})
             shown.append(outcome)
             boxes.append(prompt.box)
-        if previews is not None and loaded.image is not None:
-            _write_preview(previews, task.file_name, loaded.image, shown, boxes)
         record = {"image_id": task.image_id, "annotations": annotations, "problems": problems}
         if loaded.image is not None:
             record["height"], record["width"] = (int(v) for v in loaded.image.shape[:2])
+            if previews is not None:
+                record.update(_preview_record(previews, task, loaded.image, shown, boxes))
         return record
 
     job = _Job("boxes-to-masks", coco_out, identity, progress, workers, prefetch,
@@ -509,10 +568,12 @@ def boxes_to_masks(images_dir, coco_in, coco_out, segmenter: ImageSegmenter, *, 
     # Every image is done: assemble the output from the journal, in image-id order.
     records = [journal.records[_key(t.image_id)] for t in tasks]
     order = {_key(t.image_id): n for n, t in enumerate(tasks)}
-    annotations, problems = [], list(early_problems)
+    annotations, problems, preview_failures = [], list(early_problems), []
     for record in records:
         annotations += record["annotations"]
         problems += record["problems"]
+        if "preview_problem" in record:
+            preview_failures.append(Problem.from_json(record["preview_problem"]))
     images = []
     for image in document["images"]:
         record = journal.records.get(_key(image["id"]))
@@ -527,6 +588,7 @@ def boxes_to_masks(images_dir, coco_in, coco_out, segmenter: ImageSegmenter, *, 
     journal.remove()
     summary.annotations = len(annotations)
     summary.problems = [Problem.from_json(p) for p in problems]
+    summary.preview_failures = preview_failures
     return summary
 
 
@@ -545,8 +607,10 @@ def auto(images_dir, coco_out, segmenter: ImageSegmenter, settings: ProposalSett
     InputError when the folder is missing or holds no image.
     """
     images_dir = _check_dir(images_dir)
-    files = sorted((p.relative_to(images_dir).as_posix() for p in images_dir.rglob("*")
-                    if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
+    if previews_dir and Path(previews_dir).resolve() == images_dir:
+        raise InputError(f"{previews_dir}: the previews folder cannot be the images folder (a re-run would take "
+                         f"the previews for images)")
+    files = _list_images(images_dir, [Path(p) for p in (previews_dir, coco_out) if p])
     if not files:
         raise InputError(f"{images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder")
     tasks = [_ImageTask(n, name, images_dir / name) for n, name in enumerate(files, start=1)]
@@ -554,7 +618,7 @@ def auto(images_dir, coco_out, segmenter: ImageSegmenter, settings: ProposalSett
                 "settings": settings.as_dict(), "polygons": polygons, "tolerance": polygon_tolerance,
                 "min_area": polygon_min_area, "category": category_name, "model": model_name,
                 "mask_threshold": segmenter.mask_threshold}
-    previews = Path(previews_dir) if previews_dir else None
+    previews = _preview_paths(Path(previews_dir), tasks, images_dir) if previews_dir else None
 
     def prepare(task: _ImageTask):
         try:
@@ -578,20 +642,23 @@ def auto(images_dir, coco_out, segmenter: ImageSegmenter, settings: ProposalSett
                                 "stability_score": round(float(proposal.stability), 4),
                                 "point_coords": [[round(proposal.point[0], 2), round(proposal.point[1], 2)]],
                                 "iscrowd": 0})
+        record = {"image_id": task.image_id, "annotations": annotations, "problems": [],
+                  "height": int(image.shape[0]), "width": int(image.shape[1])}
         if previews is not None:
             boxes = [[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in (a["bbox"] for a in annotations)]
-            _write_preview(previews, task.file_name, image, proposals, boxes)
-        return {"image_id": task.image_id, "annotations": annotations, "problems": [],
-                "height": int(image.shape[0]), "width": int(image.shape[1])}
+            record.update(_preview_record(previews, task, image, proposals, boxes))
+        return record
 
     job = _Job("auto", coco_out, identity, progress, workers, prefetch,
                default_batch(segmenter.device) if batch is None else batch, on_image_done)
     journal, summary = job.run(tasks, prepare, infer, finish)
 
-    images, annotations, problems = [], [], []
+    images, annotations, problems, preview_failures = [], [], [], []
     for task in tasks:
         record = journal.records[_key(task.image_id)]
         problems += record["problems"]
+        if "preview_problem" in record:
+            preview_failures.append(Problem.from_json(record["preview_problem"]))
         if "width" not in record:
             continue
         images.append({"id": task.image_id, "file_name": task.file_name, "width": record["width"],
@@ -605,10 +672,23 @@ def auto(images_dir, coco_out, segmenter: ImageSegmenter, settings: ProposalSett
     journal.remove()
     summary.annotations = len(annotations)
     summary.problems = [Problem.from_json(p) for p in problems]
+    summary.preview_failures = preview_failures
     return summary
 
 
 # --------------------------------------------------------------------------------------------- input checks
+
+
+def _list_images(images_dir: Path, outputs: list[Path]) -> list[str]:
+    """The image files under the folder (relative, with "/", sorted), less the job's own outputs (previews, the
+    output file) where they lie inside it: a resumed run must see the same list."""
+    left_out = {q for p in outputs for q in (Path(os.path.abspath(p)), p.resolve())}
+
+    def ours(path: Path) -> bool:
+        return any(path == q or path.is_relative_to(q) for q in left_out)
+
+    return sorted(p.relative_to(images_dir).as_posix() for p in images_dir.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not ours(p))
 
 
 def _check_dir(images_dir) -> Path:
@@ -618,11 +698,25 @@ def _check_dir(images_dir) -> Path:
     return path
 
 
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str):
+    raise _NonFinite(name)
+
+
 def _read_coco(path: Path) -> dict:
     try:
-        document = json.loads(path.read_bytes())
+        data = path.read_bytes()
+        document = json.loads(data, parse_constant=_refuse_constant)
     except FileNotFoundError:
         raise InputError(f"{path}: COCO file not found") from None
+    except _NonFinite as error:
+        # Python writes and reads NaN/Infinity, JSON has no such numbers; where is worth a second parse
+        where = _find_constant(json.loads(data, parse_constant=_NonFinite))
+        raise InputError(f"{path}: {where or 'a value'} is {error}, which is not a JSON number; COCO files need finite "
+                         f"numbers") from None
     except (OSError, ValueError) as error:
         raise InputError(f"{path}: not a readable COCO JSON file ({error})") from None
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
@@ -646,12 +740,37 @@ def _read_coco(path: Path) -> dict:
     return document
 
 
+def _find_constant(value: Any, where: str = "") -> str | None:
+    """Where the first _NonFinite is in a parsed document, e.g. `annotations[3] (id 7).bbox[0]`."""
+    if isinstance(value, _NonFinite):
+        return where or "the top level"
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{where}[{n}]" + (f" (id {v['id']})" if isinstance(v, dict) and _is_id(v.get("id")) else ""), v)
+                 for n, v in enumerate(value))
+    else:
+        return None
+    for inner_where, inner in items:
+        found = _find_constant(inner, inner_where)
+        if found is not None:
+            return found
+    return None
+
+
 def _is_id(value) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
 
 
 def _sort_id(value) -> tuple:
-    return (isinstance(value, str), value) if value is not None else (False, 0)
+    """A total order on ids: integers (None as 0), then strings, then anything else."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (0, value)
+    if isinstance(value, str):
+        return (1, value)
+    return (2, _key(value))
 
 
 def _box_tasks(document: dict, images_dir: Path) -> tuple[list[_ImageTask], list[dict]]:
@@ -665,6 +784,10 @@ def _box_tasks(document: dict, images_dir: Path) -> tuple[list[_ImageTask], list
                                               declared)
     problems = []
     for ann in document.get("annotations", []):
+        if not _is_id(ann.get("image_id")):
+            problems.append(Problem(f"annotation {ann['id']}: image_id must be an integer or a string, got "
+                                    f"{ann.get('image_id')!r}", None, None, ann["id"]).to_json())
+            continue
         task = tasks.get(_key(ann.get("image_id")))
         if task is None:
             problems.append(Problem(f"annotation {ann['id']}: image id {ann.get('image_id')!r} is not in the "

@@ -18,6 +18,7 @@ from sam2_adapter import cli
 from sam2_adapter.coco import auto, boxes_to_masks, run_pipeline
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import mask_iou
+from sam2_adapter.proposals import ProposalSettings
 from sam2_adapter.scenes import make_scene
 
 REPO = Path(__file__).resolve().parent.parent
@@ -255,6 +256,104 @@ def test_auto_writes_proposals_as_coco(tmp_path, capsys):
             # scores are written to 4 decimals: a mask kept with a predicted IoU just above the threshold 0 reads 0.0
             assert ann["area"] == mask.sum() and 0.0 <= ann["score"] <= 1.0 and ann["stability_score"] >= 0.5
     assert sorted(p.name for p in (tmp_path / "previews" / "sub").iterdir()) == ["0.png.png", "1.png.png"]
+
+
+def test_auto_resumes_with_its_previews_inside_the_images_folder(tmp_path, segmenter):
+    images = tmp_path / "photos"
+    images.mkdir()
+    rng = np.random.default_rng(8)
+    for n in range(3):
+        cv2.imwrite(str(images / f"{n}.png"), cv2.cvtColor(make_scene(rng, 256, 256).image, cv2.COLOR_RGB2BGR))
+    out, previews = tmp_path / "proposals.json", images / "previews"
+    settings = ProposalSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(image_id):
+        raise Interrupted(image_id)
+
+    with pytest.raises(Interrupted):
+        auto(images, out, segmenter, settings, previews_dir=previews, workers=1, prefetch=1, on_image_done=interrupt)
+    assert list(previews.iterdir())  # a preview now lies among the images
+    summary = auto(images, out, segmenter, settings, previews_dir=previews)  # the same command again
+    assert summary.resumed >= 1 and summary.processed == 3 - summary.resumed and not summary.notes
+    assert [i["file_name"] for i in json.loads(out.read_text())["images"]] == ["0.png", "1.png", "2.png"]
+    assert sorted(p.name for p in previews.iterdir()) == ["0.png.png", "1.png.png", "2.png.png"]
+    with pytest.raises(InputError, match="cannot be the images folder"):
+        auto(images, out, segmenter, settings, previews_dir=images)
+
+
+def test_previews_stay_in_the_previews_folder_whatever_the_file_names(tmp_path, segmenter):
+    coco_in, _ = write_dataset(tmp_path, 3)
+    images = coco_in.parent / "images"
+    (tmp_path / "outside").mkdir()
+    (images / "scene_02.png").rename(tmp_path / "outside" / "scene_02.png")
+    document = json.loads(coco_in.read_text())
+    document["images"][0]["file_name"] = str(images / "scene_00.png")  # absolute, as many exporters write
+    document["images"][1]["file_name"] = "../images/scene_01.png"
+    document["images"][2]["file_name"] = "../outside/scene_02.png"
+    document["images"].append({"id": 40, "file_name": "scene_00.png", "width": 256, "height": 256})
+    document["annotations"].append({**document["annotations"][0], "id": 4000, "image_id": 40})
+    coco_in.write_text(json.dumps(document))
+    previews = tmp_path / "previews"
+    summary = boxes_to_masks(images, coco_in, tmp_path / "masks.json", segmenter, previews_dir=previews)
+    assert summary.ok
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png.png"))
+    assert written == ["previews/40_scene_00.png.png", "previews/outside/scene_02.png.png",
+                       "previews/scene_00.png.png", "previews/scene_01.png.png"]
+
+
+def test_a_preview_that_cannot_be_written_is_reported_and_the_masks_kept(dataset, tmp_path, capsys):
+    coco_in, _ = dataset
+    images = coco_in.parent / "images"
+    long_name = "x" * 248 + ".png"  # a valid file name; its preview's, 4 bytes longer, is not
+    (images / "scene_01.png").rename(images / long_name)
+    document = json.loads(coco_in.read_text())
+    document["images"][1]["file_name"] = long_name
+    coco_in.write_text(json.dumps(document))
+    out, previews = tmp_path / "masks.json", tmp_path / "previews"
+    assert cli.main(["boxes-to-masks", str(images), str(coco_in), "--out", str(out), "--previews", str(previews),
+                     "--no-progress", "--workers", "1", *MODEL_ARGS]) == 1
+    report = capsys.readouterr().err
+    assert "1 preview not written" in report and f"image 20 ({long_name})" in report and "skipped" not in report
+    written = json.loads(out.read_text())
+    assert len(written["annotations"]) == len(document["annotations"]) and written["sam2_adapter"]["skipped"] == []
+    assert sorted(p.name for p in previews.iterdir()) == ["scene_00.png.png", "scene_02.png.png"]
+
+
+def test_nan_in_the_coco_file_is_refused_naming_the_file_and_the_field(dataset, tmp_path, capsys):
+    coco_in, _ = dataset
+    document = json.loads(coco_in.read_text())
+    document["annotations"][-1]["truncated_ratio"] = float("nan")  # json.dumps writes it, JSON has no NaN
+    coco_in.write_text(json.dumps(document))
+    out = tmp_path / "masks.json"
+    assert cli.main(["boxes-to-masks", str(coco_in.parent / "images"), str(coco_in), "--out", str(out),
+                     "--no-progress", *MODEL_ARGS]) == 2
+    last = document["annotations"][-1]["id"]
+    assert f"{coco_in}: annotations[{len(document['annotations']) - 1}] (id {last}).truncated_ratio is NaN" \
+        in capsys.readouterr().err
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+def test_a_malformed_image_id_is_reported_and_the_rest_written(dataset, tmp_path, capsys):
+    coco_in, _ = dataset
+    document = json.loads(coco_in.read_text())
+    good = [a["id"] for a in document["annotations"]]
+    document["annotations"] += [{"id": 9001, "image_id": [3], "category_id": 1, "bbox": [1, 1, 5, 5]},
+                                {"id": 9002, "image_id": {"id": 10}, "category_id": 1, "bbox": [1, 1, 5, 5]},
+                                {"id": 9003, "image_id": 777, "category_id": 1, "bbox": [1, 1, 5, 5]}]
+    coco_in.write_text(json.dumps(document))
+    out = tmp_path / "masks.json"
+    assert cli.main(["boxes-to-masks", str(coco_in.parent / "images"), str(coco_in), "--out", str(out),
+                     "--no-progress", *MODEL_ARGS]) == 1
+    report = capsys.readouterr().err
+    assert "annotation 9001: image_id must be an integer or a string, got [3]" in report
+    assert "annotation 9002: image_id must be an integer or a string" in report
+    written = json.loads(out.read_text())
+    assert [a["id"] for a in written["annotations"]] == good
+    assert sorted(p["annotation_id"] for p in written["sam2_adapter"]["skipped"]) == [9001, 9002, 9003]
+    assert not Path(str(out) + ".partial").exists()
 
 
 def test_bad_command_line_input_exits_2(tmp_path, capsys):
