@@ -163,7 +163,7 @@ class ModelAdapter(dl.BaseModelAdapter):
         if return_type == "polygon":
             return [_polygon_coordinates(ring) for ring in self._polygons(result)]
         if box is not None:
-            x1, y1, x2, y2 = (int(round(v)) for v in box)
+            x1, y1, x2, y2 = (int(v) for v in box)  # truncated, as the studio's earlier SAM adapter crops
             mask = mask[y1:y2, x1:x2]
         return mask_to_png_data_url(mask, _rgb(color))
 

@@ -252,17 +252,19 @@ def test_image_kinds_are_converted(adapter, scenes, convert):
 def test_interactive_editing_returns_the_box_crop_and_refines(adapter, scenes):
     scene = scenes[4]
     item = make_item("item-click", scene.image)
-    x1, y1, x2, y2 = scene.boxes[0]
-    bb = [{"x": float(x1), "y": float(y1)}, {"x": float(x2), "y": float(y2)}]
+    # a box dragged in the studio has fractional corners; the crop truncates them, as the existing adapter does
+    x1, y1, x2, y2 = (float(v) for v in scene.boxes[0] + np.array([0.6, 0.6, 0.4, 0.4]))
+    bb = [{"x": x1, "y": y1}, {"x": x2, "y": y2}]
     ys, xs = np.nonzero(scene.masks[0])
     click = {"x": float(xs.mean()), "y": float(ys.mean()), "in": True}
     first = adapter.predict_interactive_editing(item=item, points=[click], bb=bb)
     crop = png_data_url_to_mask(first)
-    assert crop.shape == (int(round(y2)) - int(round(y1)), int(round(x2)) - int(round(x1)))
+    rows, cols = slice(int(y1), int(y2)), slice(int(x1), int(x2))
+    assert crop.shape == (int(y2) - int(y1), int(x2) - int(x1))
     box = np.array([x1, y1, x2, y2], np.float32)
     (click_xy, click_label) = _points([click])
     direct = adapter.segmenter.segment_points(adapter.segmenter.encode(scene.image), click_xy, click_label, box=box)
-    assert np.array_equal(crop, direct.full()[int(round(y1)):int(round(y2)), int(round(x1)):int(round(x2))])
+    assert np.array_equal(crop, direct.full()[rows, cols])
     # the second click continues the same object: SAM 2 gets the first call's logits as mask input
     outside = {"x": float(x1) + 1, "y": float(y1) + 1, "in": False}
     second = png_data_url_to_mask(adapter.predict_interactive_editing(item=item, points=[click, outside], bb=bb))
@@ -271,7 +273,7 @@ def test_interactive_editing_returns_the_box_crop_and_refines(adapter, scenes):
     first_ref = segmenter.segment_points(features, *_points([click]), box=box)
     expected = segmenter.segment_points(features, *_points([click, outside]), box=box,
                                         mask_input=first_ref.low_res_logits)
-    expected_crop = expected.full()[int(round(y1)):int(round(y2)), int(round(x1)):int(round(x2))]
+    expected_crop = expected.full()[rows, cols]
     assert mask_iou(second, expected_crop) >= 0.99
     polygons = adapter.predict_interactive_editing(item=item, points=[click], bb=bb, return_type="polygon")
     assert polygons and all({"x", "y"} <= set(p[0]) for p in polygons)
