@@ -194,7 +194,8 @@ class ModelAdapter(dl.BaseModelAdapter):
                 results[annotation_id] = {}
             if not types:
                 return results
-            for _, frame in self._propagate(tracker, [(int(start_frame), "forward", int(frame_duration))], progress):
+            for _, frame in self._propagate(tracker, [(int(start_frame), "forward", int(frame_duration), None)],
+                                            progress):
                 for annotation_id, obj in frame.objects.items():
                     tracked = self._tracked_definition(obj, types[annotation_id])
                     results[annotation_id][frame.frame_idx] = None if tracked is None else _studio_coordinates(tracked)
@@ -304,14 +305,15 @@ class ModelAdapter(dl.BaseModelAdapter):
                                     for kind in track.kinds}
         return skipped
 
-    def _propagate(self, tracker: VideoTracker, passes: list[tuple[int, str, int]],
+    def _propagate(self, tracker: VideoTracker, passes: list[tuple[int, str, int, list[str] | None]],
                    progress) -> Iterator[tuple[str, FrameResult]]:
-        """Runs tracking passes (start frame, direction, frames), yielding (direction, frame result) frame by
-        frame, undecodable frames included (the tracker logs them), with the progress over all passes."""
-        total = max(sum(count for _, _, count in passes), 1)
+        """Runs tracking passes (start frame, direction, frames, objects or None for all), yielding (direction,
+        frame result) frame by frame, undecodable frames included (the tracker logs them), with the progress over
+        all passes."""
+        total = max(sum(count for _, _, count, _ in passes), 1)
         done = 0
-        for start, direction, count in passes:
-            for frame in tracker.propagate(start_frame=start, direction=direction, max_frames=count):
+        for start, direction, count, objects in passes:
+            for frame in tracker.propagate(start_frame=start, direction=direction, max_frames=count, objects=objects):
                 done += 1
                 yield direction, frame
                 if progress is not None:
@@ -790,20 +792,22 @@ def _tracking_spans(drawn: Sequence[int], direction: str, max_frames: int | None
     return spans
 
 
-def _tracking_passes(tracks: list[VideoTrack]) -> list[tuple[int, str, int]]:
-    """(start frame, direction, frames) passes covering every span: overlapping spans share one pass, spans apart
-    get their own, so the frames between annotations far apart are not tracked. Forward passes first: a
-    backward pass of "both" reads the memory that the forward pass left at its start."""
+def _tracking_passes(tracks: list[VideoTrack]) -> list[tuple[int, str, int, list[str]]]:
+    """(start frame, direction, frames, the keys of the tracks it serves) passes covering every span: overlapping
+    spans share one pass, spans apart get their own, and a pass tracks only the annotations whose spans it covers,
+    so neither the frames between annotations far apart nor the annotations of other passes are tracked. Forward
+    passes first: a backward pass of "both" reads the memory that the forward pass left at its start."""
     passes = []
     for direction in ("forward", "backward"):
-        merged: list[list[int]] = []
-        for first, last in sorted(t.spans[direction] for t in tracks if direction in t.spans):
+        merged: list[list] = []  # [first, last, keys]
+        for (first, last), key in sorted((t.spans[direction], t.key) for t in tracks if direction in t.spans):
             if merged and first <= merged[-1][1]:
                 merged[-1][1] = max(merged[-1][1], last)
+                merged[-1][2].append(key)
             else:
-                merged.append([first, last])
-        for first, last in merged:
-            passes.append((first if direction == "forward" else last, direction, last - first + 1))
+                merged.append([first, last, [key]])
+        for first, last, keys in merged:
+            passes.append((first if direction == "forward" else last, direction, last - first + 1, keys))
     return passes
 
 

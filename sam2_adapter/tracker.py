@@ -39,7 +39,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Collection, Hashable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -380,10 +380,12 @@ class VideoTracker:
 
     # -- propagation ------------------------------------------------------------------------------------------
     def propagate(self, start_frame: int | None = None, direction: str = "forward", max_frames: int | None = None,
-                  should_cancel: Callable[[], bool] | None = None) -> Iterator[FrameResult]:
-        """Tracks every object frame by frame from `start_frame`, yielding one `FrameResult` per frame.
+                  should_cancel: Callable[[], bool] | None = None,
+                  objects: Collection[Hashable] | None = None) -> Iterator[FrameResult]:
+        """Tracks every object (or those in `objects`) frame by frame from `start_frame`, yielding one `FrameResult`
+        per frame with those objects. Objects left out are not tracked and their memory is left as it was.
 
-        start_frame: default: the earliest prompted frame (the latest for "backward").
+        start_frame: default: the earliest prompted frame of those objects (the latest for "backward").
         direction: "forward", "backward", or "both" (forward, then backward from the frame before the start).
         max_frames: at most this many frames per direction, the start frame included.
         should_cancel: checked before each frame; when it returns True the generator stops (`last_report`).
@@ -392,13 +394,22 @@ class VideoTracker:
         """
         if not self._objects:
             raise InputError("no object to track: add a prompt first")
+        if objects is None:
+            chosen = list(self._objects.values())
+        else:
+            unknown = [obj_id for obj_id in objects if obj_id not in self._objects]
+            if unknown:
+                raise InputError(f"no object {unknown[0]!r} to track (the tracker has {list(self._objects)})")
+            if not objects:
+                raise InputError("no object to track: `objects` is empty")
+            chosen = [self._objects[obj_id] for obj_id in dict.fromkeys(objects)]
         if direction not in DIRECTIONS:
             raise InputError(f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
         if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
                                        or max_frames < 1):
             raise InputError(f"max_frames must be a positive integer, got {max_frames!r}")
         if start_frame is None:
-            prompted = [t for obj in self._objects.values() for t in obj.cond]
+            prompted = [t for obj in chosen for t in obj.cond]
             start_frame = max(prompted) if direction == "backward" else min(prompted)
         start_frame = self.video.check_index(start_frame, "start frame")
         self.last_report = report = PropagationReport()
@@ -409,9 +420,10 @@ class VideoTracker:
             passes.append((start_frame, -1, max_frames))
         if direction == "both" and start_frame > 0 and (max_frames is None or max_frames > 1):
             passes.append((start_frame - 1, -1, None if max_frames is None else max_frames - 1))
-        return self._propagate(passes, start_frame, should_cancel, report)
+        return self._propagate(passes, start_frame, should_cancel, report, chosen)
 
-    def _propagate(self, passes, start_frame: int, should_cancel, report: PropagationReport) -> Iterator[FrameResult]:
+    def _propagate(self, passes, start_frame: int, should_cancel, report: PropagationReport,
+                   chosen: list[_ObjectState]) -> Iterator[FrameResult]:
         for first, step, budget in passes:
             reverse = step < 0
             new_pass = True
@@ -421,7 +433,7 @@ class VideoTracker:
                         report.cancelled = True
                         log.info("tracking cancelled before frame %d", frame.index)
                         return
-                    result = self._track_frame(frame, reverse, start_frame, new_pass)
+                    result = self._track_frame(frame, reverse, start_frame, new_pass, chosen)
                     new_pass = False
                     if result.skipped:
                         report.skipped.append((frame.index, result.error))
@@ -433,13 +445,14 @@ class VideoTracker:
                     report.last_frame = frame.index
                     yield result
 
-    def _track_frame(self, frame: Frame, reverse: bool, pass_start: int, new_pass: bool) -> FrameResult:
+    def _track_frame(self, frame: Frame, reverse: bool, pass_start: int, new_pass: bool,
+                     chosen: list[_ObjectState]) -> FrameResult:
         t = frame.index
         if not frame.ok:
             return FrameResult(t, MappingProxyType({}), error=frame.error)
         outputs: dict[Hashable, dict] = {}
         groups: dict[tuple, list[_ObjectState]] = {}
-        for obj in self._objects.values():
+        for obj in chosen:
             out = obj.cond.get(t)
             if out is not None:
                 outputs[obj.obj_id] = out
@@ -457,7 +470,7 @@ class VideoTracker:
                             self._evict(obj, t, pass_start)
                             outputs[obj.obj_id] = out
         results: dict[Hashable, ObjectMask] = {}
-        for obj in self._objects.values():
+        for obj in chosen:
             obj.mark_tracked(t, reverse, new_pass)
             out = outputs[obj.obj_id]
             results[obj.obj_id] = self._object_mask(obj.obj_id, t, out, prompted=t in obj.cond)

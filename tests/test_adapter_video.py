@@ -217,6 +217,27 @@ def test_a_frame_the_user_marked_not_visible_stays_so(adapter, clip, video, plat
         assert not frames[t].fixed
         assert_frame_matches(adapter, frames[t], core["hidden"][t], "box")
 
+
+def test_annotations_far_apart_are_each_tracked_only_over_their_own_frames(adapter, clip, video, platform,
+                                                                        monkeypatch):
+    """Each pass tracks only the annotations it serves: k annotations far apart cost k times one, not k x k."""
+    from sam2_adapter.tracker import VideoTracker
+
+    tracked = []
+    track_batch = VideoTracker._track_batch
+
+    def counting(tracker, objs, features, t, reverse, run_mem_encoder=True):
+        tracked.extend((obj.obj_id, t) for obj in objs)
+        return track_batch(tracker, objs, features, t, reverse, run_mem_encoder)
+
+    monkeypatch.setattr(VideoTracker, "_track_batch", counting)
+    item = platform.item("vid-apart", video)
+    sources = [video_annotation(item, f"apart-{t}", {t: box_of(clip.masks[t, 0], "car")}, object_id=str(t + 1))
+               for t in (0, 4, 8)]
+    out = adapter.track_video(item=item, annotations=sources, direction="forward", max_frames=3)
+    assert sorted(tracked) == sorted((f"apart-{t}", t + k) for t in (0, 4, 8) for k in (1, 2))
+    assert [sorted(frames_of(read_back(r, item))) for r in out] == [[t, t + 1, t + 2] for t in (0, 4, 8)]
+
 def test_masks_in_both_directions_keep_holes(adapter, clip, video, platform):
     item = platform.item("vid-mask", video)
     drawn = clip.masks[6, 1].copy()

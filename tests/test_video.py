@@ -296,6 +296,30 @@ def test_several_objects_with_their_own_prompt_types_and_frames(tracker, clip3):
         tracker.remove_object("box")
 
 
+
+def test_a_pass_tracks_only_the_objects_it_is_asked_for(ours, folder3, clip3):
+    """Annotations far apart get their own passes: each pass tracks its own objects, with the same results as a
+    tracker holding that object alone, and leaves the others' memory as it was."""
+    prompts = {"early": (0, mask_box(clip3.masks[0, 0])), "late": (6, mask_box(clip3.masks[6, 1]))}
+    passes = {"early": dict(start_frame=0, max_frames=4), "late": dict(start_frame=6, direction="both", max_frames=3)}
+    with VideoTracker(ours, folder3) as both:
+        for key, (frame, box) in prompts.items():
+            both.add_box(key, frame, box)
+        got = {key: list(both.propagate(objects=[key], **passes[key])) for key in prompts}
+        with pytest.raises(InputError, match="no object 'elsewhere'"):
+            both.propagate(objects=["elsewhere"])
+    for key, (frame, box) in prompts.items():
+        with VideoTracker(ours, folder3) as alone:
+            alone.add_box(key, frame, box)
+            expected = list(alone.propagate(**passes[key]))
+        assert [r.frame_idx for r in got[key]] == [r.frame_idx for r in expected]
+        for mine, theirs in zip(got[key], expected):
+            assert list(mine.objects) == [key]
+            a, b = mine.objects[key], theirs.objects[key]
+            assert a.visible == b.visible and a.object_score == pytest.approx(b.object_score, abs=1e-4)
+            if a.visible:
+                assert np.array_equal(a.mask(), b.mask())
+
 def test_correction_outside_the_memory_window(ours, tmp_path):
     """A correction on a frame whose output has left the window: its memory-conditioned prediction is recomputed
     from what the object still has, the clicks are decoded on top of it, and the frame becomes a prompt."""
