@@ -314,14 +314,19 @@ def mask_annotation_fields(result: MaskResult, polygons: bool = False, polygon_t
     """The COCO fields of one mask: `segmentation` (compressed RLE {"size", "counts": str} by default, else
     polygon lists [[x1, y1, x2, y2, ...], ...]), `area` (the mask's pixel count) and `score` (predicted IoU).
 
-    Polygons run through the centres of the mask's boundary pixels (see `geometry`), shifted by +0.5 px into
-    COCO's frame, where pixel (col, row) covers [col, col + 1) x [row, row + 1); a pixel-exact round trip needs
-    RLE. A mask with no part of `polygon_min_area` pixels still gets its small parts (`object_polygons`).
+    Polygons are in COCO's frame, where pixel (col, row) covers [col, col + 1) x [row, row + 1) and pycocotools
+    fills the pixels whose centres a ring encloses. Rings through the boundary pixels' centres (the studio's
+    convention, see `geometry`) would lose the top and left rows and every part one pixel wide there, so the
+    mask is traced at twice its resolution: each ring runs a quarter pixel inside the pixel edges, and with
+    `polygon_tolerance` 0 fills back to exactly the mask. A mask with no part of `polygon_min_area` pixels
+    still gets its small parts (`object_polygons`).
     """
     if polygons:
-        rings = object_polygons(result.crop, polygon_tolerance, polygon_min_area)
-        offset = np.asarray(result.origin, np.float64) + 0.5
-        segmentation = [[round(float(v), 2) for v in (ring + offset).ravel()] for ring in rings]
+        doubled = np.repeat(np.repeat(result.crop, 2, axis=0), 2, axis=1)
+        rings = object_polygons(doubled, 2 * polygon_tolerance, 4 * polygon_min_area)
+        # doubled pixel k's centre is at (k + 0.5) / 2 in the mask's pixel-corner frame
+        offset = np.asarray(result.origin, np.float64) + 0.25
+        segmentation = [[round(float(v), 2) for v in (ring / 2 + offset).ravel()] for ring in rings]
     else:
         segmentation = mask_to_rle(result.full())
     return {"segmentation": segmentation, "area": result.area, "score": round(float(result.score), 4)}

@@ -12,14 +12,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from sam2_adapter import cli
-from sam2_adapter.coco import auto, boxes_to_masks, run_pipeline
+from sam2_adapter.coco import auto, boxes_to_masks, mask_annotation_fields, run_pipeline
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import mask_iou
 from sam2_adapter.proposals import ProposalSettings
 from sam2_adapter.scenes import make_scene
+from sam2_adapter.segment import MaskResult
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_ARGS = ["--model", "micro", "--device", "cpu"]
@@ -136,13 +138,30 @@ def test_polygons_and_previews(dataset, segmenter, tmp_path):
             rings = ann["segmentation"]
             assert isinstance(rings, list) and rings and all(len(ring) >= 6 for ring in rings)
             assert ann["area"] == expected.area
-            if expected.area >= 100:
-                ious.append(mask_iou(result.annToMask(ann).astype(bool), expected.full()))
-    # Rings run through boundary pixel centres: about half a pixel all round is lost against the mask.
-    assert len(ious) >= 3 and np.mean(ious) >= 0.75, ious
+            ious.append(mask_iou(result.annToMask(ann).astype(bool), expected.full()))
+    # pycocotools fills the rings back to the masks, but for Douglas-Peucker's 1 px (rings through the boundary
+    # pixels' centres lost the top and left rows: mean IoU 0.934, the worst 0.875)
+    assert len(ious) >= 3 and min(ious) >= 0.9 and np.mean(ious) >= 0.97, ious
     assert sorted(p.name for p in previews.iterdir()) == [f"scene_{n:02d}.png.png" for n in range(3)]
     assert cv2.imread(str(previews / "scene_00.png.png")).shape == (256, 512, 3)
 
+
+
+def test_coco_polygons_at_tolerance_0_fill_back_to_the_mask_exactly():
+    """Holes, a part one pixel wide and a single pixel: pycocotools rasterises the polygons to the same pixels."""
+    h, w = 60, 80
+    mask = np.zeros((h, w), np.uint8)
+    mask[10:40, 10:50] = 1
+    mask[20:30, 20:30] = 0
+    mask[45, 5:70] = 1
+    mask[52, 60] = 1
+    cv2.circle(mask, (65, 20), 8, 1, -1)
+    mask = mask.astype(bool)
+    result = MaskResult(mask, (0, 0), (h, w), 0.9, np.zeros((1, 1), np.float32))
+    fields = mask_annotation_fields(result, polygons=True, polygon_tolerance=0, polygon_min_area=0)
+    assert len(fields["segmentation"]) == 4
+    filled = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(fields["segmentation"], h, w)))
+    assert np.array_equal(filled.astype(bool), mask)
 
 def test_resume_after_an_interruption_skips_done_images_and_writes_the_same_file(tmp_path, segmenter):
     coco_in, _ = write_dataset(tmp_path, 3)
