@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import collections
 import copy
+import hashlib
 import logging
 import os
 import tempfile
@@ -350,6 +351,9 @@ class ModelAdapter(dl.BaseModelAdapter):
         if not visible:
             return None
         metadata = _metadata(track.source)
+        if visible[0] not in track.drawn:
+            # dtlpy reads an annotation's first frame back as fixed: say it is SAM 2's, for the next run
+            metadata["user"]["sam2"]["start"] = {"frame": visible[0], "shape": _shape_digest(frames[visible[0]])}
         model_info = None
         if not track.keep_drawn:  # a model's result: its name and confidence, as for images
             scores = [track.scores[t] for t in visible if track.scores.get(t) is not None]
@@ -744,9 +748,25 @@ def _drawn_frames(annotation: dl.Annotation) -> dict[int, Any]:
         return {first: annotation.annotation_definition}
     drawn = {int(t): frames[t].annotation_definition for t in sorted(frames.actual_keys())
              if frames[t].fixed and frames[t].object_visible}
+    # A first frame that an earlier run tracked (dtlpy reads it back as fixed) is no drawing, unless edited since.
+    start = (((annotation.metadata or {}).get("user") or {}).get("sam2") or {}).get("start")
+    if (isinstance(start, dict) and start.get("frame") == first and first in drawn and len(drawn) > 1
+            and _shape_digest(drawn[first]) == start.get("shape")):
+        del drawn[first]
     if not drawn:
         raise InputError(f"annotation {annotation.id}: no frame where it is drawn (fixed and visible)")
     return drawn
+
+
+def _shape_digest(definition) -> str:
+    """A digest of one frame's shape (to a tenth of a pixel for boxes and polygons, every pixel for masks)."""
+    if definition.type == dl.AnnotationType.BOX:
+        data = np.round([definition.left, definition.top, definition.right, definition.bottom], 1)
+    elif definition.type == dl.AnnotationType.POLYGON:
+        data = np.round(np.asarray(definition.geo, np.float64), 1)
+    else:
+        data = np.packbits(np.asarray(copy.copy(definition).geo) > 0)  # a copy: see `_tracker_prompt`
+    return hashlib.sha1(np.ascontiguousarray(data, dtype=data.dtype).tobytes()).hexdigest()[:16]
 
 
 def _hidden_frames(annotation: dl.Annotation) -> frozenset[int]:

@@ -9,6 +9,7 @@ visible and without geometry, labels and attributes kept, and bad annotations re
 all of it as JSON that dtlpy's own parser reads back.
 """
 
+import copy
 import json
 import logging
 import shutil
@@ -18,6 +19,7 @@ import dtlpy as dl
 import numpy as np
 import pytest
 
+import model_adapter
 from conftest import CLIP_SIZE, box_of, core_run, micro_adapter, polygon_of
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import mask_to_polygons, png_data_url_to_mask
@@ -275,6 +277,35 @@ def test_backward_from_the_last_frame(adapter, clip, video, platform):
     for t in sorted(frames)[:-1]:
         assert_frame_matches(adapter, frames[t], core["back"][t], "box", first=t == seen[0])
 
+
+
+@pytest.mark.parametrize("kind", ["box", "segment", "binary"])
+def test_a_rerun_takes_only_the_users_frames_as_drawn(adapter, clip, video, platform, kind):
+    """Tracked backward, the result starts on a frame SAM 2 tracked, which dtlpy reads back as fixed (the first
+    frame of an annotation always is). Run again on that result (SAM 2's data engine: correct, propagate again),
+    only the user's frames prompt, unless the user has since edited that first frame."""
+    item = platform.item(f"vid-rerun-{kind}", video)
+    drawn = {"box": box_of, "segment": polygon_of}.get(kind, lambda m, label: dl.Segmentation(geo=m, label=label))
+    source = video_annotation(item, "rerun", {6: drawn(clip.masks[6, 0], "car")})
+    (result,) = adapter.track_video(item=item, annotations=[source], direction="backward", max_frames=5)
+    first = read_back(result, item).start_frame
+    assert first < 6 and read_back(result, item).frames[first].fixed, "dtlpy reads the first frame as fixed"
+    (track,), failures = model_adapter._video_tracks(item, [json.loads(json.dumps(result))])
+    assert failures == [] and sorted(track.drawn) == [6]
+    (again,) = adapter.track_video(item=item, annotations=[result], direction="backward", max_frames=5)
+    assert again["coordinates"] == result["coordinates"], "a re-run of the same drawing gives the same first frame"
+    # the user moves that first frame's shape: now it is a drawing
+    edited = read_back(result, item)
+    definition = edited.frames[first].annotation_definition
+    if kind == "box":
+        definition.left, definition.right = definition.left + 3, definition.right + 3
+    elif kind == "segment":
+        definition.geo = np.asarray(definition.geo) + 3
+    else:
+        # decoding a parsed mask in place breaks dtlpy's serialisation of it (see `_tracker_prompt`): a copy
+        definition.geo = np.roll(np.asarray(copy.copy(definition).geo), 3, axis=1)
+    (track,), _ = model_adapter._video_tracks(item, [json.loads(json.dumps(edited.to_json()))])
+    assert sorted(track.drawn) == [first, 6]
 
 def test_absent_frames_are_not_visible_and_hold_no_geometry(adapter, clip, video, platform, monkeypatch):
     """A mask threshold no logit reaches makes SAM 2 find nothing on any tracked frame: every one of them must be
