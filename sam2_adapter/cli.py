@@ -33,6 +33,7 @@ from PIL import Image
 from sam2.modeling.sam2_base import SAM2Base
 
 from sam2_adapter.coco import _PALETTE, _write_atomically, auto, boxes_to_masks, draw_overlay
+from sam2_adapter.config import Settings
 from sam2_adapter.errors import InputError
 from sam2_adapter.frames import FrameSource, open_video
 from sam2_adapter.geometry import DEFAULT_MIN_AREA, mask_iou, mask_to_polygons, mask_to_rle, rle_to_mask, validate_box
@@ -526,8 +527,9 @@ def run_track(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="micro", help="registry name of the model (default: the bundled micro)")
+def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = Settings.model) -> None:
+    # The jobs default to the adapter's model (downloaded on first use); the micro model is for tests and the demo.
+    parser.add_argument("--model", default=default_model, help=f"registry name of the model (default: {default_model})")
     parser.add_argument("--config", help="a custom model's YAML (with --checkpoint)")
     parser.add_argument("--checkpoint")
     parser.add_argument("--device", default="auto")
@@ -553,7 +555,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="Box to Polygon on generated scenes; writes overlay images")
     demo.add_argument("--out", default="out/demo")
-    _add_model_arguments(demo)
+    _add_model_arguments(demo, "micro")
     demo.add_argument("--images", type=int, default=6)
     demo.add_argument("--size", type=int, default=256)
     demo.add_argument("--seed", type=int, default=7)

@@ -17,6 +17,7 @@ from pycocotools.coco import COCO
 
 from sam2_adapter import cli
 from sam2_adapter.coco import auto, boxes_to_masks, mask_annotation_fields, run_pipeline
+from sam2_adapter.config import Settings
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import mask_iou
 from sam2_adapter.proposals import ProposalSettings
@@ -429,3 +430,20 @@ def test_pipeline_overlaps_stages_and_raises_stage_errors():
         run_pipeline(range(10), lambda i: i, lambda items, prepared: prepared, bad_finish)
     with pytest.raises(InputError):
         auto(Path("/nonexistent-folder"), Path("/tmp/x.json"), None)
+
+
+def test_the_jobs_default_to_the_adapters_model_and_the_demo_to_the_micro_one(dataset, micro_model, tmp_path,
+                                                                                monkeypatch):
+    """The micro model is not for real images: a job run without --model uses the adapter's default model."""
+    asked = []
+
+    def load(name, device):
+        asked.append(name)
+        return micro_model
+
+    monkeypatch.setattr(cli, "load_named_model", load)
+    coco_in, _ = dataset
+    assert cli.main(["boxes-to-masks", str(coco_in.parent / "images"), str(coco_in), "--out",
+                     str(tmp_path / "masks.json"), "--no-progress", "--device", "cpu"]) == 0
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--images", "1", "--device", "cpu"]) == 0
+    assert asked == [Settings().model, "micro"]
