@@ -374,8 +374,8 @@ class ModelAdapter(dl.BaseModelAdapter):
 
     # -- batch jobs (predict_items / predict_dataset) ------------------------------------------------------------
     def prepare_item_func(self, item: dl.Item) -> "PreparedItem":
-        """Runs in the base class's prefetch threads, so that `predict` only computes: an image is downloaded and
-        decoded and its boxes listed; a video's box, polygon and mask annotations are listed and, when there are
+        """Runs in the base class's prefetch threads, so that `predict` only computes: an image's boxes are listed
+        and, unless it has none and is to be skipped, the image downloaded and decoded; a video's box, polygon and mask annotations are listed and, when there are
         any, the video is downloaded to a temporary folder that `predict` deletes once the item is done. A
         failure is carried to `predict`, never raised here (it would fail the whole batch)."""
         prepared = PreparedItem(item)
@@ -392,7 +392,9 @@ class ModelAdapter(dl.BaseModelAdapter):
             if mimetype and not mimetype.startswith("image/"):
                 raise InputError(f"item {item.id} is {mimetype}; batch jobs take images and videos")
             prepared.boxes = [a for a in item.annotations.list() if a.type in BOX_TYPES]
-            prepared.image = _download_image(item)
+            self._ready()
+            if prepared.boxes or self.settings.no_prompts == "propose":  # else skipped: not downloaded nor encoded
+                prepared.image = _download_image(item)
         except InputError as error:
             prepared.fail(str(error))
         except Exception as error:  # network or platform errors of this item only

@@ -340,7 +340,7 @@ def platform(monkeypatch):
     return OfflinePlatform(monkeypatch)
 
 
-def test_predict_items_converts_every_box_and_keeps_items_apart(adapter, scenes, platform):
+def test_predict_items_converts_every_box_and_keeps_items_apart(adapter, scenes, platform, monkeypatch):
     adapter.report.clear()
     items, expected = [], {}
     for n, scene in enumerate(scenes[:3]):
@@ -350,7 +350,11 @@ def test_predict_items_converts_every_box_and_keeps_items_apart(adapter, scenes,
         expected[f"batch-{n}"] = (scene, boxes)
     items.insert(1, platform.item("batch-empty", scenes[3].image))
     items.insert(2, platform.item("batch-corrupt", data=b"not an image", boxes=[box_json("c-0", [0, 0, 9, 9])]))
+    downloaded = []
+    monkeypatch.setattr(dl.Item, "download", lambda item, **kwargs: downloaded.append(item.id) or
+                        io.BytesIO(_BYTES[item.id]))
     adapter.predict_items(items, batch_size=3)
+    assert "batch-empty" not in downloaded, "an image without boxes is skipped unread"
 
     for item_id, (scene, boxes) in expected.items():
         got = platform.uploaded[item_id]
