@@ -126,10 +126,16 @@ def resolve_checkpoint(
 ) -> Path:
     """Finds `spec`'s checkpoint: the given dirs (e.g. Dataloop model artifacts), then the bundled assets and
     the local cache, then downloads it into the cache."""
+    cached = Path(cache_dir) / spec.filename
     candidates = [Path(d) / spec.filename for d in search_dirs]
-    candidates += [ASSETS_DIR / "micro" / spec.filename, Path(cache_dir) / spec.filename]
+    candidates += [ASSETS_DIR / "micro" / spec.filename, cached]
     for path in candidates:
         if path.is_file():
+            if path == cached and download and spec.url and _too_small(path, spec.approx_bytes):
+                # downloads land whole, so this was put there by other means: fetch it again
+                log.warning("%s is %d bytes, expected about %d: downloading it again", path, path.stat().st_size,
+                            spec.approx_bytes)
+                break
             return path
     if spec.url is None:
         looked = ", ".join(str(p) for p in candidates)
@@ -167,8 +173,12 @@ def download_checkpoint(url: str, dest: Path, approx_bytes: int | None = None, p
     return dest
 
 
+def _too_small(path: Path, approx_bytes: int | None) -> bool:
+    return bool(approx_bytes) and path.stat().st_size < 0.9 * approx_bytes
+
+
 def _check_size(path: Path, approx_bytes: int | None, what: str) -> None:
-    if approx_bytes and path.stat().st_size < 0.9 * approx_bytes:
+    if _too_small(path, approx_bytes):
         raise CheckpointError(
             f"checkpoint {what} is {path.stat().st_size} bytes, expected about {approx_bytes}: truncated download?"
         )

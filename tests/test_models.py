@@ -1,5 +1,6 @@
 """Checkpoint registry, resolution, download and loading: the one path every model takes."""
 
+import dataclasses
 import functools
 import http.server
 import shutil
@@ -143,3 +144,23 @@ def test_download_is_atomic_and_checked(tmp_path):
         assert not list(tmp_path.glob("short.pt.*")), "the partial file is removed"
     finally:
         liar.close()
+
+
+def test_a_truncated_file_in_the_cache_is_downloaded_again(tmp_path):
+    """Downloads land whole; a short file in the cache was put there otherwise (a copy, a full disk): with
+    download on it is fetched again, with download off it is left for the loader to name."""
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(MICRO_CKPT, served / "official.pt")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "official.pt").write_bytes(MICRO_CKPT.read_bytes()[:50_000])
+    server = _Server(served)
+    try:
+        spec = dataclasses.replace(MICRO, filename="official.pt", url=server.url + "official.pt",
+                                   approx_bytes=MICRO_CKPT.stat().st_size)
+        assert resolve_checkpoint(spec, cache_dir=cache, download=False).stat().st_size == 50_000
+        path = resolve_checkpoint(spec, cache_dir=cache)
+    finally:
+        server.close()
+    assert path == cache / "official.pt" and path.read_bytes() == MICRO_CKPT.read_bytes()
