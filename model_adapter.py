@@ -159,7 +159,7 @@ class ModelAdapter(dl.BaseModelAdapter):
             raise InputError(f"item {item.id}: refinement needs at least one click or a box")
         previous = self.refinements.previous(key, box, coords, labels)
         result = self.segmenter.segment_points(features, coords, labels, box=box, mask_input=previous)
-        self.refinements.remember(key, box, coords, labels, result.low_res_logits)
+        self.refinements.remember(key, box, coords, labels, result.low_res_logits, previous)
         mask = result.full()
         if return_type == "polygon":
             return [_polygon_coordinates(ring) for ring in self._polygons(result)]

@@ -258,12 +258,14 @@ class RefinementMemory:
     same object is decoded with them as `mask_input` (SAM 2's interactive loop).
 
     A call continues an object when it is on the same image with the same box and its clicks extend the clicks of
-    the stored call; anything else starts afresh. Bounded: the oldest objects are forgotten first.
+    the stored call; the same clicks again (a retry, another return type) get the `mask_input` the stored call
+    had, so they get its mask again; anything else starts afresh. Bounded: the oldest objects are forgotten first.
     """
 
     def __init__(self, max_objects: int = 256):
         self.max_objects = max_objects
-        self._entries: OrderedDict[Hashable, tuple[tuple, np.ndarray]] = OrderedDict()
+        # key -> (clicks, the mask_input they were decoded with, the logits they gave)
+        self._entries: OrderedDict[Hashable, tuple[tuple, np.ndarray | None, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -276,15 +278,19 @@ class RefinementMemory:
             entry = self._entries.get(self._key(image_key, box))
         if entry is None:
             return None
-        stored, logits = entry
+        stored, used, logits = entry
+        if clicks == stored:
+            return used
         if len(stored) < len(clicks) and clicks[:len(stored)] == stored:
             return logits
         return None
 
-    def remember(self, image_key: Hashable, box, points: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> None:
+    def remember(self, image_key: Hashable, box, points: np.ndarray, labels: np.ndarray, logits: np.ndarray,
+                 used: np.ndarray | None = None) -> None:
+        """Stores a call's clicks, the logits it gave and the `mask_input` it was decoded with (`used`)."""
         key = self._key(image_key, box)
         with self._lock:
-            self._entries[key] = (_clicks(points, labels), logits)
+            self._entries[key] = (_clicks(points, labels), used, logits)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_objects:
                 self._entries.popitem(last=False)

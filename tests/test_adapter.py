@@ -275,6 +275,9 @@ def test_interactive_editing_returns_the_box_crop_and_refines(adapter, scenes):
                                         mask_input=first_ref.low_res_logits)
     expected_crop = expected.full()[rows, cols]
     assert mask_iou(second, expected_crop) >= 0.99
+    # the same clicks again (the studio retrying, or asking for polygons): the same mask, not one without history
+    again = png_data_url_to_mask(adapter.predict_interactive_editing(item=item, points=[click, outside], bb=bb))
+    assert np.array_equal(again, second)
     polygons = adapter.predict_interactive_editing(item=item, points=[click], bb=bb, return_type="polygon")
     assert polygons and all({"x", "y"} <= set(p[0]) for p in polygons)
 

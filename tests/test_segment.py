@@ -273,6 +273,9 @@ def test_refinement_memory_continues_only_the_same_object():
     assert memory.previous("img", (0, 0, 60, 50), more, np.array([1, 0])) is None, "another box is another object"
     assert memory.previous("img", (0, 0, 50, 50), np.array([[30.0, 30.0], [1.0, 1.0]]), np.array([1, 0])) is None
     assert memory.previous("other", (0, 0, 50, 50), more, np.array([1, 0])) is None
+    memory.remember("img", (0, 0, 50, 50), more, np.array([1, 0]), 2 * logits, used=logits)
+    assert memory.previous("img", (0, 0, 50, 50), more, np.array([1, 0])) is logits, "a repeat gets the same input"
+    assert memory.previous("img", (0, 0, 50, 50), pts, labels) is None, "fewer clicks start afresh"
     memory.remember("a", None, pts, labels, logits)
     memory.remember("b", None, pts, labels, logits)
     assert memory.previous("img", (0, 0, 50, 50), more, np.array([1, 0])) is None, "oldest object forgotten"
