@@ -11,12 +11,14 @@ import collections
 import copy
 import hashlib
 import logging
+import math
 import os
 import tempfile
 import threading
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import dtlpy as dl
 import numpy as np
@@ -176,27 +178,34 @@ class ModelAdapter(dl.BaseModelAdapter):
         video at `item_stream_url` (a platform stream URL, read with the user's token in a header; or a local
         path). Returns {annotation_id: {frame: coordinates}} in each prompt's own type (a box stays a box, a
         polygon a polygon); a frame where SAM 2 says the object is absent maps to None, never to a copied box.
-        A bad prompt is logged with its id and left out; the other objects are tracked."""
+        A bad prompt is logged with its id, named in the progress message and left out; the others are tracked.
+        The token goes only to the platform's own host, never to another one in a link item's URL."""
         self._ready()
-        headers = _auth_headers(dl) if str(item_stream_url or "").startswith(("http://", "https://")) else None
+        start_frame = 0 if start_frame is None else _whole_number(start_frame, "start_frame")
+        frame_duration = 60 if frame_duration is None else _whole_number(frame_duration, "frame_duration")
+        if bbs is not None and not isinstance(bbs, Mapping):
+            raise InputError(f"bbs must map annotation ids to boxes or polygons, got {type(bbs).__name__}")
         results: dict = {}
         types: dict = {}
-        with VideoTracker(self.model, item_stream_url, headers=headers,
+        failures = []
+        with VideoTracker(self.model, item_stream_url, headers=_auth_headers(dl, item_stream_url),
                           mask_threshold=self.settings.mask_threshold) as tracker:
             for annotation_id, coordinates in (bbs or {}).items():
                 try:
                     drawn = _studio_definition(annotation_id, coordinates, start_frame)
-                    tracker.add_prompt(annotation_id, int(start_frame),
+                    tracker.add_prompt(annotation_id, start_frame,
                                        _tracker_prompt(drawn, f"annotation {annotation_id}, frame {start_frame}"))
                 except InputError as error:
                     log.warning("track: %s", error)
+                    failures.append(str(error))
                     continue
                 types[annotation_id] = drawn.type
                 results[annotation_id] = {}
+            if progress is not None and failures:
+                progress.update(message=f"{len(failures)} of {len(bbs)} objects not tracked: " + "; ".join(failures))
             if not types:
                 return results
-            for _, frame in self._propagate(tracker, [(int(start_frame), "forward", int(frame_duration), None)],
-                                            progress):
+            for _, frame in self._propagate(tracker, [(start_frame, "forward", frame_duration, None)], progress):
                 for annotation_id, obj in frame.objects.items():
                     tracked = self._tracked_definition(obj, types[annotation_id])
                     results[annotation_id][frame.frame_idx] = None if tracked is None else _studio_coordinates(tracked)
@@ -868,18 +877,22 @@ def _download_video(item: dl.Item, folder: str) -> str:
 
 
 def _studio_definition(annotation_id, coordinates, frame: int):
-    """The AI Tracker's box ([{x, y}, {x, y}]) or polygon ([{x, y}, ...] with 3+ points, possibly nested once) as
-    a dtlpy definition, so that it becomes a prompt the way a drawn annotation does."""
-    points = coordinates
+    """The AI Tracker's box ([{x, y}, {x, y}], or [{x, y}, {x, y}, angle] rotated, as dtlpy writes it) or polygon
+    ([{x, y}, ...] with 3+ points, possibly nested once) as a dtlpy definition, so that it becomes a prompt the
+    way a drawn annotation does."""
+    points, angle = coordinates, 0.0
     if isinstance(points, list) and points and isinstance(points[0], list):
         points = points[0]
+    if (isinstance(points, list) and len(points) == 3 and isinstance(points[2], (int, float))
+            and not isinstance(points[2], bool)):
+        points, angle = points[:2], float(points[2])
     try:
         xy = np.array([[float(p["x"]), float(p["y"])] for p in points], dtype=np.float64).reshape(-1, 2)
     except (KeyError, TypeError, ValueError):
         raise InputError(f"annotation {annotation_id}, frame {frame}: not a box or polygon: {coordinates!r}") from None
     if len(xy) == 2:
         (x1, y1), (x2, y2) = xy.min(axis=0), xy.max(axis=0)
-        return dl.Box(left=x1, top=y1, right=x2, bottom=y2, label="tracked")
+        return dl.Box(left=x1, top=y1, right=x2, bottom=y2, label="tracked", angle=angle)
     if len(xy) >= 3:
         return dl.Polygon(geo=xy, label="tracked")
     raise InputError(f"annotation {annotation_id}, frame {frame}: {len(xy)} points are neither a box nor a polygon")
@@ -911,13 +924,28 @@ def _tracker_prompt(definition, where: str) -> dict:
     return {"type": "mask", "mask": mask}
 
 
-def _auth_headers(dl_module) -> dict | None:
-    """The user's token for the platform's item stream (sent in a header, never logged)."""
+def _auth_headers(dl_module, url) -> dict | None:
+    """The user's token for a stream on the platform's own host (sent in a header, never logged); None for a local
+    path or any other host (a link item's URL), which must never see it."""
+    module = dl_module or dl
     try:
-        token = (dl_module or dl).token()
+        host = urllib.parse.urlsplit(str(url or "")).hostname
+        if host is None or host != urllib.parse.urlsplit(module.environment()).hostname:
+            return None
+        token = module.token()
     except Exception:
         return None
     return {"Authorization": f"Bearer {token}"} if token else None
+
+
+def _whole_number(value, name: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not number.is_integer():
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
 
 
 def _parse_points(points: Sequence[dict], width: int, height: int, name: str) -> tuple[np.ndarray, np.ndarray]:

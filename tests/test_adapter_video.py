@@ -10,9 +10,12 @@ all of it as JSON that dtlpy's own parser reads back.
 """
 
 import copy
+import functools
+import http.server
 import json
 import logging
 import shutil
+import threading
 from pathlib import Path
 
 import dtlpy as dl
@@ -22,7 +25,7 @@ import pytest
 import model_adapter
 from conftest import CLIP_SIZE, box_of, core_run, micro_adapter, polygon_of
 from sam2_adapter.errors import InputError
-from sam2_adapter.geometry import mask_to_polygons, png_data_url_to_mask
+from sam2_adapter.geometry import enclosing_box, mask_to_polygons, png_data_url_to_mask
 from sam2_adapter.scenes import mask_box
 
 T, H, W = CLIP_SIZE
@@ -415,6 +418,57 @@ def test_studio_tracker_returns_the_core_results_in_the_prompts_type(adapter, cl
             else:
                 assert [[p["x"], p["y"]] for p in coordinates] == expected.tolist()
 
+
+
+def test_studio_tracker_takes_rotated_boxes_defaults_and_names_bad_input(adapter, clip, video):
+    box = mask_box(clip.masks[2, 0]).astype(float)
+    progress = type("Progress", (), {"update": lambda self, message=None, **kw: messages.append(message)})()
+    messages = []
+    rotated = [{"x": box[0], "y": box[1], "z": 0}, {"x": box[2], "y": box[3], "z": 0}, 15.0]  # as dtlpy writes it
+    out = adapter.track(item_stream_url=str(video), bbs={"r": rotated, "bad": [{"x": 1.0}]}, start_frame=None,
+                        frame_duration=None, progress=progress)
+    core = core_frames(adapter, video, {"r": {0: {"type": "box", "box": enclosing_box(box, 15.0).tolist()}}},
+                       [(0, "forward", 60)])
+    assert set(out) == {"r"} and sorted(out["r"]) == list(range(T)), "frame 0, up to 60 frames, by default"
+    for t, coordinates in out["r"].items():
+        obj = core["r"][t]
+        if obj.visible:  # prompted with the rotated box's enclosing box, tracked as an upright one
+            x1, y1, x2, y2 = obj.box
+            assert coordinates == [{"x": x1, "y": y1, "z": 0}, {"x": x2, "y": y2, "z": 0}]
+        else:
+            assert coordinates is None
+    assert any(m and "annotation bad" in m for m in messages), "a dropped prompt is named to the annotator"
+    with pytest.raises(InputError, match="bbs must map"):
+        adapter.track(item_stream_url=str(video), bbs=[rotated])
+    with pytest.raises(InputError, match="frame_duration must be a whole number"):
+        adapter.track(item_stream_url=str(video), bbs={"r": rotated}, frame_duration="many")
+
+
+def test_studio_tracker_sends_the_token_only_to_the_platforms_own_host(adapter, clip, video):
+    """A link item's URL is another host: it must never see the user's platform token."""
+    seen = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(video.parent)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/{video.name}"
+    bbs = {"b": [{"x": float(v), "y": float(w)} for v, w in np.reshape(mask_box(clip.masks[0, 0]), (2, 2))]}
+    try:
+        for gate in (f"http://127.0.0.1:{httpd.server_address[1]}/api/v1", "https://gate.dataloop.ai/api/v1"):
+            platform = type("Dtlpy", (), {"environment": staticmethod(lambda: gate),
+                                          "token": staticmethod(lambda: "USER-TOKEN")})
+            assert adapter.track(dl=platform, item_stream_url=url, bbs=bbs, frame_duration=2)["b"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert seen == ["Bearer USER-TOKEN", None]
 
 # -- manifest --------------------------------------------------------------------------------------------------------
 def test_manifest_offers_track_video_on_video_items():
