@@ -204,7 +204,9 @@ class ImageSegmenter:
             logits, scores = self._decode_low_res(features, coords[start:start + step], labels[start:start + step],
                                                   mask_input, multimask, every_mask)
             for one, score in zip(logits, scores.tolist()):
-                low_res = one.cpu().numpy().copy()  # not a view that keeps the whole call's logits alive
+                # SAM 2 clamps the logits it hands back (for mask_input), not those it upsamples: clamped first,
+                # a cell beyond +-32 beside the edge would move the edge by pixels
+                low_res = one.clamp(-32.0, 32.0).cpu().numpy().copy()  # a copy, not a view of the whole call
                 if keep is None or keep(low_res, score):
                     yield self._upsample(one, low_res, score, features.orig_hw)
                 else:
@@ -214,7 +216,7 @@ class ImageSegmenter:
     def _decode_low_res(self, features: ImageFeatures, coords: np.ndarray, labels: np.ndarray,
                         mask_input: np.ndarray | None, multimask: bool,
                         every_mask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder call: (B, 1, s, s) float32 low-res logits and (B,) predicted IoUs; with `multimask` the
+        """One decoder call: (B, 1, s, s) float32 low-res logits (unclamped) and (B,) predicted IoUs; with `multimask` the
         best of the three masks, or all of them with `every_mask` ((3B, 1, s, s), prompt by prompt)."""
         h, w = features.orig_hw
         size = self.model.image_size
@@ -237,12 +239,12 @@ class ImageSegmenter:
             )
         logits, scores = logits.float(), scores.float()
         if multimask and every_mask:
-            return logits.clamp(-32.0, 32.0).flatten(0, 1)[:, None], scores.flatten()
+            return logits.flatten(0, 1)[:, None], scores.flatten()
         if multimask:
             best = scores.argmax(dim=1)
             rows = torch.arange(len(best), device=best.device)
             logits, scores = logits[rows, best][:, None], scores[rows, best][:, None]
-        return logits.clamp(-32.0, 32.0), scores[:, 0]
+        return logits, scores[:, 0]
 
     def _upsample(self, logits: torch.Tensor, low_res: np.ndarray, score: float,
                   image_hw: tuple[int, int]) -> MaskResult:

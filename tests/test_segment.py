@@ -58,6 +58,23 @@ def test_clicks_with_previous_logits_equal_sam2_image_predictor(segmenter, scene
     assert mask_iou(second.full(), masks[0] > 0) >= 0.99
 
 
+
+def test_every_click_mask_equals_sam2_image_predictor_on_a_larger_image(segmenter):
+    """All three masks of each click of a grid (what proposals keep), on an image larger than the model's input,
+    where one low-res cell spans pixels: SAM 2 upsamples its logits before clamping them to +-32, and so must we
+    (clamped first, 109 of 768 masks here moved their edge by up to 5 pixels)."""
+    from sam2_adapter.proposals import grid_points
+    from sam2_adapter.scenes import make_scene
+
+    h, w = 480, 640
+    image = make_scene(np.random.default_rng(5), h, w).image
+    points = grid_points(16, h, w)
+    ours = segmenter.segment_clicks(segmenter.encode(image), points, every_mask=True)
+    masks, _, _ = reference_predictor(segmenter.model, image).predict(
+        point_coords=points[:, None], point_labels=np.ones((len(points), 1)), multimask_output=True)
+    differing = [int((mine.full() != theirs).sum()) for mine, theirs in zip(ours, masks.reshape(-1, h, w) > 0)]
+    assert max(differing) <= 1, "beyond float rounding at a pixel"
+
 @pytest.mark.parametrize("cells", [64, 256])
 @pytest.mark.parametrize("hw", [(256, 256), (300, 451), (1080, 1920), (37, 1000)])
 def test_region_upsampling_equals_full_interpolation(segmenter, hw, cells):
