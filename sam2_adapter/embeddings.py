@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ class EmbeddingCache:
         if not owner:
             pending.done.wait()
             if pending.error is not None:
-                raise pending.error
+                raise _own_copy(pending.error) from pending.error
             return pending.value
         try:
             pending.value = compute()
@@ -82,11 +83,13 @@ class EmbeddingCache:
             pending.error = error
             raise
         finally:
-            with self._lock:
-                del self._pending[key]
-                if pending.value is not None:
-                    self._insert(key, pending.value)
-            pending.done.set()
+            try:
+                with self._lock:
+                    del self._pending[key]
+                    if pending.value is not None:
+                        self._insert(key, pending.value)
+            finally:
+                pending.done.set()  # whatever happens, no waiter waits forever
         return pending.value
 
     def _insert(self, key: Hashable, value: ImageFeatures) -> None:
@@ -118,3 +121,12 @@ class EmbeddingCache:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+
+
+def _own_copy(error: BaseException) -> BaseException:
+    """The encoding error for one waiting request: raising the shared object in every waiter would pile every
+    request's frames onto its one traceback (and keep them alive)."""
+    try:
+        return copy.copy(error).with_traceback(None)
+    except Exception:  # an exception type that cannot be copied
+        return RuntimeError(f"encoding failed in another request: {error!r}")

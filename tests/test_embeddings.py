@@ -83,4 +83,6 @@ def test_an_encoder_error_reaches_every_waiter_and_is_not_cached():
     for t in threads:
         t.join()
     assert len(errors) == 4 and "x" not in cache
+    assert all(str(e) == "decoder exploded" for e in errors)
+    assert len({id(e) for e in errors}) == 4, "each request its own error, not one traceback piling up all four"
     assert cache.get_or_compute("x", lambda: features(0.1)) is not None
