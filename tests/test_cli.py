@@ -447,3 +447,11 @@ def test_the_jobs_default_to_the_adapters_model_and_the_demo_to_the_micro_one(da
                      str(tmp_path / "masks.json"), "--no-progress", "--device", "cpu"]) == 0
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--images", "1", "--device", "cpu"]) == 0
     assert asked == [Settings().model, "micro"]
+
+
+def test_the_console_script_is_installed_beside_the_interpreter():
+    """`make` installs the project from this checkout, so the README's `sam2-adapter` command exists."""
+    script = Path(sys.executable).parent / "sam2-adapter"
+    assert script.is_file(), f"{script} is missing: install the project with `pip install --no-deps -e .` (make does)"
+    done = subprocess.run([str(script), "track", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--direction" in done.stdout
