@@ -11,17 +11,20 @@ a source that cannot be opened at all, has no frames, or is asked for a frame be
 
 An HTTP(S) video is streamed to a temporary file (chunked, never held in memory) with the caller's headers, e.g.
 `{"Authorization": "Bearer ..."}`; header values and URL query strings (signed tokens) never reach logs or error
-messages. OpenCV then decodes from that file; the file is removed on `close()`.
+messages. OpenCV then decodes from that file. The file is kept a while after `close()` (`StreamedVideos`), so that
+the next call on the same video (the studio's AI Tracker, every few seconds) does not stream it again.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
 import re
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -44,6 +47,7 @@ __all__ = [
     "VideoFileSource",
     "ImageFolderSource",
     "HttpVideoSource",
+    "StreamedVideos",
     "open_video",
     "redact_url",
 ]
@@ -500,55 +504,184 @@ class ImageFolderSource(FrameSource):
 
 
 class HttpVideoSource(VideoFileSource):
-    """A video behind an HTTP(S) URL, streamed with the caller's headers into a temporary file, then decoded there.
+    """A video behind an HTTP(S) URL, streamed with the caller's headers into a local file, then decoded there.
 
     headers: sent with the request (e.g. an Authorization token); never logged. The URL's query string (where
         signed URLs keep their token) is never logged either. Redirects keep the headers only on the same host.
+    downloads: where streamed files are kept between calls (default: the process's `STREAMED_VIDEOS`; a
+        `StreamedVideos(max_bytes=0)` keeps none: the file goes on `close()`).
     """
 
     def __init__(self, url: str, headers: Mapping[str, str] | None = None, timeout: float = 60.0,
-                 temp_dir: str | os.PathLike | None = None, max_bytes: int | None = None, backward_chunk: int = 8):
+                 max_bytes: int | None = None, backward_chunk: int = 8, downloads: "StreamedVideos | None" = None):
         self.url = url
         safe = redact_url(url)
-        suffix = os.path.splitext(urllib.parse.urlsplit(url).path)[1][:8] or ".mp4"
-        fd, tmp = tempfile.mkstemp(prefix="sam2-video-", suffix=suffix, dir=temp_dir)
-        self._tmp = tmp
-        self._finalizer = weakref.finalize(self, _remove_file, tmp)
+        store = downloads if downloads is not None else STREAMED_VIDEOS
+        path, release = store.acquire(url, headers or {}, timeout, max_bytes)
+        self._tmp = path
+        self._finalizer = weakref.finalize(self, release)
         try:
-            with os.fdopen(fd, "wb") as out:
-                self._download(url, safe, headers or {}, timeout, out, max_bytes)
-            log.info("streamed %s (%d bytes) to a temporary file", safe, os.path.getsize(tmp))
-            super().__init__(tmp, name=safe, backward_chunk=backward_chunk)
+            super().__init__(path, name=safe, backward_chunk=backward_chunk)
         except BaseException:
             self.close()
             raise
 
-    @staticmethod
-    def _download(url: str, safe: str, headers: Mapping[str, str], timeout: float, out, max_bytes: int | None):
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
-        if scheme not in ("http", "https"):
-            raise InputError(f"video URL {safe}: only http and https are supported")
-        request = urllib.request.Request(url, headers=dict(headers))
-        opener = urllib.request.build_opener(_SameHostRedirects(set(headers)))
-        try:
-            with opener.open(request, timeout=timeout) as response:
-                total = 0
-                while chunk := response.read(1 << 20):
-                    total += len(chunk)
-                    if max_bytes is not None and total > max_bytes:
-                        raise InputError(f"video URL {safe}: larger than the limit of {max_bytes} bytes")
-                    out.write(chunk)
-        except urllib.error.HTTPError as error:
-            raise InputError(f"video URL {safe}: HTTP {error.code} {error.reason}") from None
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            reason = getattr(error, "reason", error)
-            raise InputError(f"video URL {safe} could not be read: {type(error).__name__}: "
-                             f"{_scrub(str(reason), url, headers)}") from None
-        if total == 0:
-            raise InputError(f"video URL {safe} returned no data")
-
     def close(self) -> None:
         self._finalizer()
+
+
+@dataclass
+class _Streamed:
+    path: str
+    size: int
+    validators: tuple[str | None, str | None]  # ETag, Last-Modified
+    last_used: float
+    users: int = 0
+    stale: bool = False
+
+
+class StreamedVideos:
+    """Videos streamed from http(s) URLs, kept on local disk after use (at most `max_bytes` in all, each until
+    `ttl` seconds after its last use), so that calls on the same video stream it once.
+
+    Before a kept file serves a call, one request with that call's headers (asking for a single byte) checks that
+    the caller may read the URL and that the video is unchanged (the same size, and the same ETag and
+    Last-Modified where the server sends them); otherwise the video is streamed anew. A file in use is never
+    deleted; what is left is deleted when the process exits.
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30, ttl: float = 900.0, temp_dir: str | os.PathLike | None = None):
+        self.max_bytes, self.ttl, self.temp_dir = max_bytes, ttl, temp_dir
+        self.downloads = 0  # videos streamed whole, for tests and logs
+        self._entries: dict[str, _Streamed] = {}
+        self._lock = threading.Lock()
+        _STORES.add(self)
+
+    def acquire(self, url: str, headers: Mapping[str, str], timeout: float = 60.0,
+                max_bytes: int | None = None) -> tuple[str, Callable[[], None]]:
+        """(local path of the video at `url`, a function to call once done with it)."""
+        safe = redact_url(url)
+        with self._lock:
+            self._trim()
+            kept = self._entries.get(url)
+        if kept is not None:
+            size, validators = _probe(url, safe, headers, timeout)
+            same = size == kept.size and all(a == b for a, b in zip(validators, kept.validators) if a and b)
+            with self._lock:
+                if same and not kept.stale and self._entries.get(url) is kept:
+                    kept.users += 1
+                    log.info("%s: the video streamed %.0f s ago, unchanged", safe, time.monotonic() - kept.last_used)
+                    return kept.path, lambda: self._release(url, kept)
+                if self._entries.get(url) is kept:
+                    self._drop(url)
+        suffix = os.path.splitext(urllib.parse.urlsplit(url).path)[1][:8] or ".mp4"
+        fd, path = tempfile.mkstemp(prefix="sam2-video-", suffix=suffix, dir=self.temp_dir)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                validators = _stream(url, safe, headers, timeout, out, max_bytes)
+        except BaseException:
+            _remove_file(path)
+            raise
+        size = os.path.getsize(path)
+        log.info("streamed %s (%d bytes) to a local file", safe, size)
+        entry = _Streamed(path, size, validators, time.monotonic(), users=1)
+        with self._lock:
+            self.downloads += 1
+            if url in self._entries:
+                self._drop(url)
+            self._entries[url] = entry
+        return path, lambda: self._release(url, entry)
+
+    def clear(self) -> None:
+        """Deletes every kept file not in use (those in use, once released)."""
+        with self._lock:
+            for url in list(self._entries):
+                self._drop(url)
+
+    def _release(self, url: str, entry: _Streamed) -> None:
+        with self._lock:
+            entry.users -= 1
+            entry.last_used = time.monotonic()
+            if entry.stale and entry.users == 0:
+                _remove_file(entry.path)
+            self._trim()
+
+    def _drop(self, url: str) -> None:  # under the lock
+        entry = self._entries.pop(url)
+        entry.stale = True
+        if entry.users == 0:
+            _remove_file(entry.path)
+
+    def _trim(self) -> None:  # under the lock: expired files, then the least recently used over the bound
+        now = time.monotonic()
+        idle = sorted((e.last_used, url) for url, e in self._entries.items() if e.users == 0)
+        total = sum(e.size for e in self._entries.values())
+        for last_used, url in idle:
+            if now - last_used >= self.ttl or total > self.max_bytes:
+                total -= self._entries[url].size
+                self._drop(url)
+
+
+_STORES: "weakref.WeakSet[StreamedVideos]" = weakref.WeakSet()
+atexit.register(lambda: [store.clear() for store in list(_STORES)])
+
+STREAMED_VIDEOS = StreamedVideos()
+"""The process's kept streamed videos (2 GiB, 15 minutes after last use), shared by every tracker."""
+
+
+def _request(url: str, safe: str, headers: Mapping[str, str], timeout: float, extra: Mapping[str, str] = {}):
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise InputError(f"video URL {safe}: only http and https are supported")
+    request = urllib.request.Request(url, headers={**headers, **extra})
+    opener = urllib.request.build_opener(_SameHostRedirects(set(headers)))
+    try:
+        return opener.open(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        raise InputError(f"video URL {safe}: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise InputError(f"video URL {safe} could not be read: {type(error).__name__}: "
+                         f"{_scrub(str(reason), url, headers)}") from None
+
+
+def _validators(response) -> tuple[str | None, str | None]:
+    return response.headers.get("ETag"), response.headers.get("Last-Modified")
+
+
+def _stream(url: str, safe: str, headers: Mapping[str, str], timeout: float, out,
+            max_bytes: int | None) -> tuple[str | None, str | None]:
+    """The body of `url` into `out`; returns the response's validators."""
+    with _request(url, safe, headers, timeout) as response:
+        total = 0
+        try:
+            while chunk := response.read(1 << 20):
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    raise InputError(f"video URL {safe}: larger than the limit of {max_bytes} bytes")
+                out.write(chunk)
+        except OSError as error:
+            raise InputError(f"video URL {safe} could not be read: {type(error).__name__}: "
+                             f"{_scrub(str(error), url, headers)}") from None
+        validators = _validators(response)
+    if total == 0:
+        raise InputError(f"video URL {safe} returned no data")
+    return validators
+
+
+def _probe(url: str, safe: str, headers: Mapping[str, str], timeout: float) -> tuple[int | None, tuple]:
+    """(the video's size in bytes, or None when the server does not say; its validators), asking for one byte
+    with the caller's headers: an InputError when the caller may not read it."""
+    with _request(url, safe, headers, timeout, {"Range": "bytes=0-0"}) as response:
+        whole = re.fullmatch(r"bytes 0-0/(\d+)", response.headers.get("Content-Range") or "")
+        length = response.headers.get("Content-Length")
+        if whole:
+            size = int(whole.group(1))
+        elif response.status == 200 and length and length.isdigit():  # the range ignored: the whole length
+            size = int(length)
+        else:
+            size = None
+        return size, _validators(response)
 
 
 class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
@@ -593,7 +726,8 @@ def open_video(source: str | os.PathLike | FrameSource, *, headers: Mapping[str,
         return source
     text = os.fspath(source)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
-        return HttpVideoSource(text, headers=headers, timeout=timeout, temp_dir=temp_dir)
+        downloads = None if temp_dir is None else StreamedVideos(temp_dir=temp_dir)
+        return HttpVideoSource(text, headers=headers, timeout=timeout, downloads=downloads)
     if os.path.isdir(text):
         return ImageFolderSource(text)
     if os.path.isfile(text):

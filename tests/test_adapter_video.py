@@ -445,12 +445,14 @@ def test_studio_tracker_takes_rotated_boxes_defaults_and_names_bad_input(adapter
 
 
 def test_studio_tracker_sends_the_token_only_to_the_platforms_own_host(adapter, clip, video):
-    """A link item's URL is another host: it must never see the user's platform token."""
-    seen = []
+    """A link item's URL is another host: it must never see the user's platform token. (The second call finds the
+    video streamed by the first, and only asks for one byte of it.)"""
+    seen, ranges = [], []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def do_GET(self):
             seen.append(self.headers.get("Authorization"))
+            ranges.append(self.headers.get("Range"))
             super().do_GET()
 
         def log_message(self, *args):
@@ -468,7 +470,7 @@ def test_studio_tracker_sends_the_token_only_to_the_platforms_own_host(adapter, 
     finally:
         httpd.shutdown()
         httpd.server_close()
-    assert seen == ["Bearer USER-TOKEN", None]
+    assert seen == ["Bearer USER-TOKEN", None] and ranges == [None, "bytes=0-0"]
 
 # -- manifest --------------------------------------------------------------------------------------------------------
 def test_manifest_offers_track_video_on_video_items():

@@ -4,6 +4,7 @@ read-ahead, non-square frames, and every bad input as an InputError or a reporte
 import http.server
 import logging
 import os
+import shutil
 import threading
 import time
 import urllib.request
@@ -15,8 +16,10 @@ import pytest
 from sam2_adapter.errors import InputError
 from sam2_adapter.frames import (
     FrameSource,
+    STREAMED_VIDEOS,
     HttpVideoSource,
     ImageFolderSource,
+    StreamedVideos,
     VideoFileSource,
     _SameHostRedirects,
     open_video,
@@ -255,9 +258,11 @@ def test_unreadable_and_empty_videos(tmp_path):
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     seen_auth: list = []
+    seen_ranges: list = []
 
     def do_GET(self):
         _Handler.seen_auth.append(self.headers.get("Authorization"))
+        _Handler.seen_ranges.append(self.headers.get("Range"))
         if self.path.startswith("/redirect"):
             self.send_response(302)
             self.send_header("Location", "/clip.mp4?sig=abc")
@@ -297,8 +302,53 @@ def test_http_stream_with_token_header(server, decoded, caplog):
     assert all(np.array_equal(image, decoded[i]) for i, image in got)
     assert TOKEN not in video.name and TOKEN not in repr(video)
     video.close()
+    assert os.path.exists(tmp), "kept for the next call on the same video"
+    STREAMED_VIDEOS.clear()
     assert not os.path.exists(tmp)
     assert TOKEN not in caplog.text
+
+
+def test_a_streamed_video_serves_the_next_calls_while_unchanged_and_readable(mp4, tmp_path):
+    """The AI Tracker calls again every few seconds on the same video: it is streamed once, and each later call
+    only asks for one byte, with its own headers (a caller without access gets the server's refusal, never the
+    kept file), to see that it may and that the video is the same."""
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copyfile(mp4, served / "clip.mp4")
+    handler = lambda *a, **k: _Handler(*a, directory=str(served), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url, auth = f"http://127.0.0.1:{httpd.server_address[1]}/clip.mp4", {"Authorization": f"Bearer {TOKEN}"}
+    store = StreamedVideos(temp_dir=tmp_path)
+    try:
+        _Handler.seen_ranges.clear()
+        first = HttpVideoSource(url, headers=auth, downloads=store)
+        path = first.path
+        first.close()
+        with HttpVideoSource(url, headers=auth, downloads=store) as again:
+            assert again.path == path and again.num_frames == N
+            assert [i for i, _ in _indices(again.frames(start=3, max_frames=2))] == [3, 4]
+        assert store.downloads == 1 and _Handler.seen_ranges == [None, "bytes=0-0"]
+        with pytest.raises(InputError, match="401"):
+            HttpVideoSource(url, headers={"Authorization": "Bearer someone-else"}, downloads=store)
+        with open(served / "clip.mp4", "ab") as tail:  # the video changed on the server: streamed anew
+            tail.write(b"\0" * 10)
+        HttpVideoSource(url, headers=auth, downloads=store).close()
+        assert store.downloads == 2 and not os.path.exists(path), "the stale file is gone"
+        # past its time, or over the bound, a kept file goes; never while in use
+        short = StreamedVideos(temp_dir=tmp_path, ttl=0.0)
+        with HttpVideoSource(url, headers=auth, downloads=short) as video:
+            kept = video.path
+        HttpVideoSource(url, headers=auth, downloads=short).close()
+        assert short.downloads == 2 and not os.path.exists(kept)
+        none = StreamedVideos(temp_dir=tmp_path, max_bytes=0)
+        with HttpVideoSource(url, headers=auth, downloads=none) as video:
+            kept = video.path
+            assert os.path.exists(kept)
+        assert not os.path.exists(kept)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_http_redirect_on_the_same_host_keeps_the_token(server):
