@@ -62,7 +62,7 @@ def test_clicks_with_previous_logits_equal_sam2_image_predictor(segmenter, scene
 def test_every_click_mask_equals_sam2_image_predictor_on_a_larger_image(segmenter):
     """All three masks of each click of a grid (what proposals keep), on an image larger than the model's input,
     where one low-res cell spans pixels: SAM 2 upsamples its logits before clamping them to +-32, and so must we
-    (clamped first, 109 of 768 masks here moved their edge by up to 5 pixels)."""
+    (clamped first, 112 of these 768 masks differed, by up to 5 pixels)."""
     from sam2_adapter.proposals import grid_points
     from sam2_adapter.scenes import make_scene
 
