@@ -89,7 +89,6 @@ class ModelAdapter(dl.BaseModelAdapter):
         self._load_lock = threading.Lock()
         # batch jobs: one line per item or box that gave nothing, and why (the latest lines of a long-lived service)
         self.report: collections.deque[dict] = collections.deque(maxlen=10_000)
-        self._untouched: set[str] = set()  # items of the current batch that were skipped or failed
         super().__init__(model_entity)
 
     def _ready(self) -> None:
@@ -444,8 +443,8 @@ class ModelAdapter(dl.BaseModelAdapter):
             self._report(item, message if message.startswith(f"item {item.id}") else f"item {item.id}: {message}")
         finally:
             prepared.release()  # the batch's features and the video are not kept past their item
-        if not predicted:
-            self._untouched.add(item.id)
+        # On the collection itself: executions running at once share this adapter, and may hold the same item.
+        builder.sam2_untouched = not predicted
         return builder
 
     def _predict_image(self, prepared: "PreparedItem", builder: dl.AnnotationCollection) -> bool:
@@ -511,10 +510,9 @@ class ModelAdapter(dl.BaseModelAdapter):
         self.report.append({"item": item.id, "message": message})
 
     def _upload_model_annotations(self, item: dl.Item, predictions):
-        if item.id in self._untouched:
+        if getattr(predictions, "sam2_untouched", False):
             # The base class would first delete this model's earlier results on the item: a re-run would wipe
             # them on every item it skips (its boxes replaced by the earlier run) or fails to download.
-            self._untouched.discard(item.id)
             return predictions
         uploaded = super()._upload_model_annotations(item, predictions)
         if self.settings.replace_boxes:

@@ -401,10 +401,13 @@ def test_a_rerun_leaves_the_results_of_items_it_skips_or_fails(adapter, scenes, 
     assert platform.cleaned == ["rerun-boxed"], "only an item with new results has its earlier ones replaced"
     assert "rerun-converted" not in platform.uploaded and "rerun-corrupt" not in platform.uploaded
     assert [a.type for a in platform.uploaded["rerun-boxed"]] == ["binary"]
-    # the next batch starts afresh: a skipped item of one batch does not shield the same item in the next
+    # a skipped item of one execution does not shield the same item in another: not one whose upload never came
+    # (an execution that failed after predicting), nor one running at the same time (they share the adapter)
+    adapter.predict([adapter.prepare_item_func(converted)])
     platform.stored["rerun-converted"] = [box_json("rc-1", scene.boxes[1])]
     adapter.predict_items([converted])
     assert platform.cleaned == ["rerun-boxed", "rerun-converted"]
+    assert [a.type for a in platform.uploaded["rerun-converted"]] == ["binary"]
 
 
 def test_concurrent_first_requests_load_the_model_once(adapter, scenes, monkeypatch):
