@@ -687,7 +687,8 @@ def auto(images_dir, coco_out, segmenter: ImageSegmenter, settings: ProposalSett
 def _list_images(images_dir: Path, outputs: list[Path]) -> list[str]:
     """The image files under the folder (relative, with "/", sorted), less the job's own outputs (previews, the
     output file) where they lie inside it: a resumed run must see the same list."""
-    left_out = {q for p in outputs for q in (Path(os.path.abspath(p)), p.resolve())}
+    left_out = {q for p in outputs for q in (Path(os.path.abspath(p)), p.resolve())
+                if q != images_dir and q.is_relative_to(images_dir)}  # a folder holding the images holds no output
 
     def ours(path: Path) -> bool:
         return any(path == q or path.is_relative_to(q) for q in left_out)

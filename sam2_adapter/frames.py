@@ -541,8 +541,8 @@ class _Streamed:
 
 
 class StreamedVideos:
-    """Videos streamed from http(s) URLs, kept on local disk after use (at most `max_bytes` in all, each until
-    `ttl` seconds after its last use), so that calls on the same video stream it once.
+    """Videos streamed from http(s) URLs, kept on local disk after use (at most `max_bytes` in all; a file idle
+    for `ttl` seconds goes at the next call), so that calls on the same video stream it once.
 
     Before a kept file serves a call, one request with that call's headers (asking for a single byte) checks that
     the caller may read the URL and that the video is unchanged (the same size, and the same ETag and
@@ -726,7 +726,7 @@ def open_video(source: str | os.PathLike | FrameSource, *, headers: Mapping[str,
         return source
     text = os.fspath(source)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
-        downloads = None if temp_dir is None else StreamedVideos(temp_dir=temp_dir)
+        downloads = None if temp_dir is None else StreamedVideos(max_bytes=0, temp_dir=temp_dir)  # kept by none
         return HttpVideoSource(text, headers=headers, timeout=timeout, downloads=downloads)
     if os.path.isdir(text):
         return ImageFolderSource(text)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -302,6 +303,10 @@ def test_auto_resumes_with_its_previews_inside_the_images_folder(tmp_path, segme
     assert sorted(p.name for p in previews.iterdir()) == ["0.png.png", "1.png.png", "2.png.png"]
     with pytest.raises(InputError, match="cannot be the images folder"):
         auto(images, out, segmenter, settings, previews_dir=images)
+    # previews in a folder that holds the images folder (e.g. `--previews .`): every image is still an input
+    shutil.rmtree(previews)
+    parent = auto(images, tmp_path / "again.json", segmenter, settings, previews_dir=tmp_path, workers=1)
+    assert parent.processed == 3 and (tmp_path / "0.png.png").is_file()
 
 
 def test_previews_stay_in_the_previews_folder_whatever_the_file_names(tmp_path, segmenter):

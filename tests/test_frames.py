@@ -289,7 +289,7 @@ def server(mp4):
     thread.join()
 
 
-def test_http_stream_with_token_header(server, decoded, caplog):
+def test_http_stream_with_token_header(server, decoded, caplog, tmp_path):
     caplog.set_level(logging.DEBUG)
     url = f"{server}/clip.mp4?token={TOKEN}"
     video = open_video(url, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -306,6 +306,10 @@ def test_http_stream_with_token_header(server, decoded, caplog):
     STREAMED_VIDEOS.clear()
     assert not os.path.exists(tmp)
     assert TOKEN not in caplog.text
+    # a caller's own temporary folder: nothing is kept there once closed
+    with open_video(url, headers={"Authorization": f"Bearer {TOKEN}"}, temp_dir=tmp_path) as video:
+        assert os.path.dirname(video.path) == str(tmp_path)
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_streamed_video_serves_the_next_calls_while_unchanged_and_readable(mp4, tmp_path):
