@@ -927,13 +927,21 @@ def _auth_headers(dl_module, url) -> dict | None:
     path or any other host (a link item's URL), which must never see it."""
     module = dl_module or dl
     try:
-        host = urllib.parse.urlsplit(str(url or "")).hostname
-        if host is None or host != urllib.parse.urlsplit(module.environment()).hostname:
+        where = _origin(str(url or ""))
+        if where is None or where != _origin(module.environment()):
             return None
         token = module.token()
     except Exception:
         return None
     return {"Authorization": f"Bearer {token}"} if token else None
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL, the port filled in; None for anything else."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _whole_number(value, name: str) -> int:
@@ -977,7 +985,10 @@ def _rgb(color: Any):
     if color is None:
         return 255, 255, 255
     if not isinstance(color, str):
-        return color
+        try:  # numbers as the studio may send them (floats, strings); a 4th, alpha, is ignored
+            return tuple(int(float(c)) for c in list(color)[:3])
+        except (TypeError, ValueError):
+            raise InputError(f"color: expected '#rrggbb' or (r, g, b), got {color!r}") from None
     digits = color.removeprefix("#")
     if len(digits) == 3:
         digits = "".join(c * 2 for c in digits)

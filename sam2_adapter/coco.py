@@ -309,6 +309,11 @@ def _file_digest(path: Path) -> str:
 # --------------------------------------------------------------------------------------------- masks -> COCO
 
 
+# What a journal record holds and how its geometry was made; a journal of another format is not resumed (2: COCO
+# polygons traced at twice the resolution).
+_RECORD_FORMAT = 2
+
+
 def mask_annotation_fields(result: MaskResult, polygons: bool = False, polygon_tolerance: float = 1.0,
                            polygon_min_area: float = DEFAULT_MIN_AREA) -> dict:
     """The COCO fields of one mask: `segmentation` (compressed RLE {"size", "counts": str} by default, else
@@ -522,7 +527,8 @@ def boxes_to_masks(images_dir, coco_in, coco_out, segmenter: ImageSegmenter, *, 
     coco_in = Path(coco_in)
     document = _read_coco(coco_in)
     tasks, early_problems = _box_tasks(document, images_dir)
-    identity = {"job": "boxes-to-masks", "coco_in": _file_digest(coco_in), "images_dir": str(images_dir),
+    identity = {"job": "boxes-to-masks", "format": _RECORD_FORMAT, "coco_in": _file_digest(coco_in),
+                "images_dir": str(images_dir),
                 "polygons": polygons, "tolerance": polygon_tolerance, "min_area": polygon_min_area,
                 "model": model_name, "mask_threshold": segmenter.mask_threshold}
     previews = _preview_paths(Path(previews_dir), tasks, images_dir) if previews_dir else None
@@ -619,7 +625,7 @@ def auto(images_dir, coco_out, segmenter: ImageSegmenter, settings: ProposalSett
     if not files:
         raise InputError(f"{images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder")
     tasks = [_ImageTask(n, name, images_dir / name) for n, name in enumerate(files, start=1)]
-    identity = {"job": "auto", "images_dir": str(images_dir), "files": _digest_list(files),
+    identity = {"job": "auto", "format": _RECORD_FORMAT, "images_dir": str(images_dir), "files": _digest_list(files),
                 "settings": settings.as_dict(), "polygons": polygons, "tolerance": polygon_tolerance,
                 "min_area": polygon_min_area, "category": category_name, "model": model_name,
                 "mask_threshold": segmenter.mask_threshold}

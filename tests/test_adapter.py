@@ -295,8 +295,11 @@ def test_interactive_editing_rejects_clicks_outside_the_image(adapter, scenes):
     with pytest.raises(InputError, match="color"):
         adapter.predict_interactive_editing(item=item, points=[{"x": 5, "y": 5, "in": True}], color="#12345")
     short = adapter.predict_interactive_editing(item=item, points=[{"x": 5, "y": 5, "in": True}], color="#f0a")
-    assert short == adapter.predict_interactive_editing(item=item, points=[{"x": 5, "y": 5, "in": True}],
-                                                        color=[255, 0, 170])
+    for same in ([255, 0, 170], ["255", 0, 170.0, 255]):  # as numbers or strings, an alpha ignored
+        assert short == adapter.predict_interactive_editing(item=item, points=[{"x": 5, "y": 5, "in": True}],
+                                                            color=same)
+    with pytest.raises(InputError, match="color"):
+        adapter.predict_interactive_editing(item=item, points=[{"x": 5, "y": 5, "in": True}], color=[300, 0, 0])
 
 
 class OfflinePlatform:

@@ -463,14 +463,16 @@ def test_studio_tracker_sends_the_token_only_to_the_platforms_own_host(adapter, 
     url = f"http://127.0.0.1:{httpd.server_address[1]}/{video.name}"
     bbs = {"b": [{"x": float(v), "y": float(w)} for v, w in np.reshape(mask_box(clip.masks[0, 0]), (2, 2))]}
     try:
-        for gate in (f"http://127.0.0.1:{httpd.server_address[1]}/api/v1", "https://gate.dataloop.ai/api/v1"):
+        port = httpd.server_address[1]
+        gates = (f"http://127.0.0.1:{port}/api/v1", "https://gate.dataloop.ai/api/v1", f"http://127.0.0.1:{port + 1}/")
+        for gate in gates:  # the platform's host; another host; the same host, another port (another service)
             platform = type("Dtlpy", (), {"environment": staticmethod(lambda: gate),
                                           "token": staticmethod(lambda: "USER-TOKEN")})
             assert adapter.track(dl=platform, item_stream_url=url, bbs=bbs, frame_duration=2)["b"]
     finally:
         httpd.shutdown()
         httpd.server_close()
-    assert seen == ["Bearer USER-TOKEN", None] and ranges == [None, "bytes=0-0"]
+    assert seen == ["Bearer USER-TOKEN", None, None] and ranges == [None, "bytes=0-0", "bytes=0-0"]
 
 # -- manifest --------------------------------------------------------------------------------------------------------
 def test_manifest_offers_track_video_on_video_items():
