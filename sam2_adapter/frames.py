@@ -29,6 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
@@ -63,6 +64,10 @@ _SEEK_ATTEMPTS = 3
 # How far (in frame intervals) a packet timestamp may stray from an even grid for the video to count as
 # constant-rate: timestamps rounded to the container's time base stray a little, a change of frame rate adds up.
 _GRID_TOLERANCE = 0.1
+# The timelines of the latest video files seeked in (by path, size, mtime and frame count), so that a file opened
+# again does not pay for its timeline again.
+_TIMELINES: "OrderedDict[tuple, Callable[[float], int | None]]" = OrderedDict()
+_TIMELINES_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, eq=False)
@@ -330,7 +335,8 @@ class VideoFileSource(FrameSource):
 
     def _timeline(self) -> Callable[[float], int | None]:
         """Maps a decoded frame's timestamp (`CAP_PROP_POS_MSEC`, ms) to its index (None: not a known frame, or
-        frame 0, whose 0 ms OpenCV also reports after a failed decode). Built once per source, on the first seek.
+        frame 0, whose 0 ms OpenCV also reports after a failed decode). Built on the first seek, once per file
+        (the AI Tracker opens the same kept file on every call).
 
         Constant frame rate, the common case, is proven from the packet timestamps alone (OpenCV's raw mode reads
         them without decoding); the timeline is then a grid anchored on decoded frame 1. Otherwise one grab-only
@@ -338,7 +344,16 @@ class VideoFileSource(FrameSource):
         """
         with self._timeline_lock:
             if self._locate is None:
-                self._locate = self._constant_rate_grid() or self._decoded_timestamps()
+                stat = os.stat(self.path)
+                key = (os.path.realpath(self.path), stat.st_size, stat.st_mtime_ns, self.num_frames)
+                with _TIMELINES_LOCK:
+                    self._locate = _TIMELINES.get(key)
+                if self._locate is None:
+                    self._locate = self._constant_rate_grid() or self._decoded_timestamps()
+                    with _TIMELINES_LOCK:
+                        _TIMELINES[key] = self._locate
+                        while len(_TIMELINES) > 16:
+                            _TIMELINES.popitem(last=False)
             return self._locate
 
     def _constant_rate_grid(self) -> Callable[[float], int | None] | None:

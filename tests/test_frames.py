@@ -128,6 +128,10 @@ def test_every_way_of_reaching_frame_k_gives_frame_k_at_any_frame_rate(numbered_
     for start in range(VFR_N):
         assert _numbers(video.frames(start)) == [(k, k) for k in range(start, VFR_N)], f"forward from {start}"
         assert _numbers(video.frames(start, -1)) == [(k, k) for k in range(start, -1, -1)], f"backward from {start}"
+    # the same file opened again (the AI Tracker's kept video, call after call): its timeline is not built again
+    again = VideoFileSource(path)
+    again._constant_rate_grid = again._decoded_timestamps = lambda: pytest.fail("the timeline was built again")
+    assert _number(again.read(VFR_N - 3)) == VFR_N - 3
 
 
 def test_folder_numeric_order_non_square_and_prepare_in_reader_thread(tmp_path):
