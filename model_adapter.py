@@ -11,7 +11,6 @@ import collections
 import copy
 import hashlib
 import logging
-import math
 import os
 import tempfile
 import threading
@@ -23,7 +22,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import dtlpy as dl
 import numpy as np
 
-from sam2_adapter.config import Settings
+from sam2_adapter.config import Settings, parse_number
 from sam2_adapter.embeddings import EmbeddingCache
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import enclosing_box, mask_to_png_data_url, object_polygons, validate_box
@@ -383,9 +382,10 @@ class ModelAdapter(dl.BaseModelAdapter):
     # -- batch jobs (predict_items / predict_dataset) ------------------------------------------------------------
     def prepare_item_func(self, item: dl.Item) -> "PreparedItem":
         """Runs in the base class's prefetch threads, so that `predict` only computes: an image's boxes are listed
-        and, unless it has none and is to be skipped, the image downloaded and decoded; a video's box, polygon and mask annotations are listed and, when there are
-        any, the video is downloaded to a temporary folder that `predict` deletes once the item is done. A
-        failure is carried to `predict`, never raised here (it would fail the whole batch)."""
+        and, unless it has none and is to be skipped, the image downloaded and decoded; a video's box, polygon and
+        mask annotations are listed and, when there are any, the video is downloaded to a temporary folder that
+        `predict` deletes once the item is done. A failure is carried to `predict`, never raised here (it would
+        fail the whole batch)."""
         prepared = PreparedItem(item)
         try:
             mimetype = item.mimetype or ""
@@ -438,7 +438,6 @@ class ModelAdapter(dl.BaseModelAdapter):
             if not isinstance(error, InputError):
                 log.exception("item %s", item.id)
             builder = item.annotations.builder()
-            predicted = False
             message = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
             self._report(item, message if message.startswith(f"item {item.id}") else f"item {item.id}: {message}")
         finally:
@@ -946,12 +945,9 @@ def _origin(url: str) -> tuple[str, str, int] | None:
 
 def _whole_number(value, name: str) -> int:
     try:
-        number = float(value)
+        return parse_number(value, integer=True)
     except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not number.is_integer():
-        raise InputError(f"{name} must be a whole number, got {value!r}")
-    return int(number)
+        raise InputError(f"{name} must be a whole number, got {value!r}") from None
 
 
 def _parse_points(points: Sequence[dict], width: int, height: int, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -984,17 +980,13 @@ def _rgb(color: Any):
     """The studio's mask colour: None (white), "#rrggbb" or "#rgb", or (r, g, b) (checked where it is drawn)."""
     if color is None:
         return 255, 255, 255
-    if not isinstance(color, str):
-        try:  # numbers as the studio may send them (floats, strings); a 4th, alpha, is ignored
-            return tuple(int(float(c)) for c in list(color)[:3])
-        except (TypeError, ValueError):
-            raise InputError(f"color: expected '#rrggbb' or (r, g, b), got {color!r}") from None
-    digits = color.removeprefix("#")
-    if len(digits) == 3:
-        digits = "".join(c * 2 for c in digits)
     try:
-        if len(digits) != 6:
-            raise ValueError
-        return tuple(int(digits[i:i + 2], 16) for i in (0, 2, 4))
-    except ValueError:
-        raise InputError(f"color: expected '#rrggbb' or (r, g, b), got {color!r}") from None
+        if not isinstance(color, str):  # numbers as the studio may send them (floats, strings); alpha ignored
+            return tuple(int(float(c)) for c in list(color)[:3])
+        digits = color.removeprefix("#")
+        digits = "".join(c * 2 for c in digits) if len(digits) == 3 else digits
+        if len(digits) == 6:
+            return tuple(int(digits[i:i + 2], 16) for i in (0, 2, 4))
+    except (TypeError, ValueError):
+        pass
+    raise InputError(f"color: expected '#rrggbb' or (r, g, b), got {color!r}")

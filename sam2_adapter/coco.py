@@ -395,10 +395,10 @@ def _preview_paths(previews_dir: Path, tasks: Sequence[_ImageTask], images_dir: 
     paths, taken = {}, set()
     for task in tasks:
         parts = _safe_parts(task.file_name, images_dir) or [f"image_{_safe_id(task.image_id)}"]
-        candidate, n = parts, 1
+        candidate, n = parts, 0
         while "/".join(candidate).casefold() in taken:
             n += 1
-            prefix = _safe_id(task.image_id) + (f"_{n - 1}" if n > 2 else "")
+            prefix = _safe_id(task.image_id) + (f"_{n}" if n > 1 else "")
             candidate = parts[:-1] + [f"{prefix}_{parts[-1]}"]
         taken.add("/".join(candidate).casefold())
         paths[_key(task.image_id)] = previews_dir.joinpath(*candidate[:-1], candidate[-1] + ".png")

@@ -103,7 +103,7 @@ class Settings:
                     if not isinstance(value, bool):
                         raise ValueError("expected true or false")
                 elif isinstance(default, (int, float)):
-                    value = _number(value, integer=isinstance(default, int))
+                    value = parse_number(value, integer=isinstance(default, int))
                     least = cls._MINIMUM.get(name, 0)
                     if value < least:
                         raise ValueError("must not be negative" if least == 0 else f"must be at least {least}")
@@ -124,7 +124,7 @@ class Settings:
         return dataclasses.asdict(self)
 
 
-def _number(raw: Any, integer: bool) -> int | float:
+def parse_number(raw: Any, integer: bool) -> int | float:
     """A configuration number (strings of numbers too): finite, and whole where the key is an integer."""
     if isinstance(raw, bool):
         raise ValueError("expected a number")

@@ -533,7 +533,6 @@ class HttpVideoSource(VideoFileSource):
         safe = redact_url(url)
         store = downloads if downloads is not None else STREAMED_VIDEOS
         path, release = store.acquire(url, headers or {}, timeout, max_bytes)
-        self._tmp = path
         self._finalizer = weakref.finalize(self, release)
         try:
             super().__init__(path, name=safe, backward_chunk=backward_chunk)
@@ -641,7 +640,8 @@ _STORES: "weakref.WeakSet[StreamedVideos]" = weakref.WeakSet()
 atexit.register(lambda: [store.clear() for store in list(_STORES)])
 
 STREAMED_VIDEOS = StreamedVideos()
-"""The process's kept streamed videos (2 GiB, 15 minutes after last use), shared by every tracker."""
+"""The process's kept streamed videos (2 GiB; a file idle 15 minutes goes at the next call), shared by every
+tracker."""
 
 
 def _request(url: str, safe: str, headers: Mapping[str, str], timeout: float, extra: Mapping[str, str] = {}):

@@ -216,8 +216,8 @@ class ImageSegmenter:
     def _decode_low_res(self, features: ImageFeatures, coords: np.ndarray, labels: np.ndarray,
                         mask_input: np.ndarray | None, multimask: bool,
                         every_mask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder call: (B, 1, s, s) float32 low-res logits (unclamped) and (B,) predicted IoUs; with `multimask` the
-        best of the three masks, or all of them with `every_mask` ((3B, 1, s, s), prompt by prompt)."""
+        """One decoder call: (B, 1, s, s) float32 low-res logits, unclamped, and (B,) predicted IoUs; with
+        `multimask` the best of the three masks, or all of them with `every_mask` ((3B, 1, s, s), prompt by prompt)."""
         h, w = features.orig_hw
         size = self.model.image_size
         scale = torch.tensor([size / w, size / h], device=self.device)

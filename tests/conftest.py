@@ -123,3 +123,14 @@ def core_run(adapter, video, prompts: dict, passes: list) -> dict:
                 for key, obj in result.objects.items():
                     results[key][result.frame_idx] = obj
     return out
+
+
+class Progress:
+    """The studio's progress object, as the adapter uses it: the messages it was given."""
+
+    def __init__(self):
+        self.messages = []
+
+    def update(self, message=None, **kwargs):
+        if message is not None:
+            self.messages.append(message)

@@ -10,7 +10,7 @@ import dtlpy as dl
 import numpy as np
 import pytest
 
-from conftest import micro_adapter
+from conftest import Progress, micro_adapter
 from model_adapter import _download_image
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import (enclosing_box, mask_iou, png_data_url_to_mask, polygons_to_mask, rotated_box_mask,
@@ -176,17 +176,6 @@ def test_bad_boxes_are_reported_by_id_and_the_rest_come_back(adapter, scenes, ca
     progress = Progress()
     assert adapter.box_to_polygon(item=item, annotations=annotations[-3:-1], progress=progress) == []
     assert "a-point" in progress.messages[0] and "garbage" in progress.messages[0]
-
-
-class Progress:
-    """The studio's progress object, as the adapter uses it."""
-
-    def __init__(self):
-        self.messages = []
-
-    def update(self, message=None, **kwargs):
-        if message is not None:
-            self.messages.append(message)
 
 
 def test_rotated_box_mask_stays_inside(adapter, scenes):

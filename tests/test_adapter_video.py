@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import model_adapter
-from conftest import CLIP_SIZE, box_of, core_run, micro_adapter, polygon_of
+from conftest import CLIP_SIZE, Progress, box_of, core_run, micro_adapter, polygon_of
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import enclosing_box, mask_to_polygons, png_data_url_to_mask
 from sam2_adapter.scenes import mask_box
@@ -422,8 +422,7 @@ def test_studio_tracker_returns_the_core_results_in_the_prompts_type(adapter, cl
 
 def test_studio_tracker_takes_rotated_boxes_defaults_and_names_bad_input(adapter, clip, video):
     box = mask_box(clip.masks[2, 0]).astype(float)
-    progress = type("Progress", (), {"update": lambda self, message=None, **kw: messages.append(message)})()
-    messages = []
+    progress = Progress()
     rotated = [{"x": box[0], "y": box[1], "z": 0}, {"x": box[2], "y": box[3], "z": 0}, 15.0]  # as dtlpy writes it
     out = adapter.track(item_stream_url=str(video), bbs={"r": rotated, "bad": [{"x": 1.0}]}, start_frame=None,
                         frame_duration=None, progress=progress)
@@ -437,7 +436,7 @@ def test_studio_tracker_takes_rotated_boxes_defaults_and_names_bad_input(adapter
             assert coordinates == [{"x": x1, "y": y1, "z": 0}, {"x": x2, "y": y2, "z": 0}]
         else:
             assert coordinates is None
-    assert any(m and "annotation bad" in m for m in messages), "a dropped prompt is named to the annotator"
+    assert any("annotation bad" in m for m in progress.messages), "a dropped prompt is named to the annotator"
     with pytest.raises(InputError, match="bbs must map"):
         adapter.track(item_stream_url=str(video), bbs=[rotated])
     with pytest.raises(InputError, match="frame_duration must be a whole number"):
