@@ -211,9 +211,16 @@ def select_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def uses_bf16(device: torch.device) -> bool:
+    """Whether `device` runs SAM 2 under bf16 autocast (what SAM 2 was trained for): CUDA GPUs of compute
+    capability 8.0 (Ampere) or later. Older ones (a T4, a V100) have no bf16 units; torch emulates bf16 there and
+    its attention kernels fall back to the plain one, so they run in fp32, as the CPU and MPS do."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def inference_context(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (what SAM 2 was trained for); fp32 elsewhere."""
-    if device.type == "cuda":
+    """bf16 autocast where `uses_bf16`; fp32 elsewhere."""
+    if uses_bf16(device):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -237,7 +244,7 @@ def load_model(
     if checkpoint is not None:
         _load_state(model, Path(checkpoint), config)
     device = select_device(device) if isinstance(device, str) else device
-    if device.type == "cuda":
+    if uses_bf16(device):  # TF32 exists from Ampere on
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return model.to(device).eval()

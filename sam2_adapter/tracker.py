@@ -51,7 +51,7 @@ from sam2.utils.misc import fill_holes_in_mask_scores
 
 from sam2_adapter.errors import InputError
 from sam2_adapter.frames import Frame, FrameSource, open_video
-from sam2_adapter.models import inference_context
+from sam2_adapter.models import inference_context, uses_bf16
 from sam2_adapter.upsample import upsample_logits
 
 log = logging.getLogger(__name__)
@@ -566,15 +566,15 @@ class VideoTracker:
         """What SAM 2 reads of a frame's output later, as SAM2VideoPredictor stores it: memory features in
         bf16, one shared copy of the memory position encoding (the same for every frame).
 
-        Off CUDA (no bf16 autocast) the bf16-rounded memory is kept as float32: the same numbers SAM 2 attends
-        to (it promotes them when object pointers join the memory), without the bf16 / float32 mismatch that
-        makes SAM2VideoPredictor fail on CPU when the memory holds no object pointer (tracking an object on a
-        frame before its prompt frame)."""
+        Without bf16 autocast (`uses_bf16`: the CPU, a GPU older than Ampere) the bf16-rounded memory is kept as
+        float32: the same numbers SAM 2 attends to (it promotes them when object pointers join the memory),
+        without the bf16 / float32 mismatch that makes SAM2VideoPredictor fail there when the memory holds no
+        object pointer (tracking an object on a frame before its prompt frame)."""
         if maskmem_pos is not None and self._maskmem_pos_enc is None:
             self._maskmem_pos_enc = [x[0:1].clone() for x in maskmem_pos]
         if maskmem is not None:
             maskmem = maskmem.to(torch.bfloat16)
-            if maskmem.device.type != "cuda":
+            if not uses_bf16(maskmem.device):
                 maskmem = maskmem.float()
         return {
             "maskmem_features": maskmem,

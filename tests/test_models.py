@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sam2_adapter.models import (CHECKPOINTS, CheckpointError, download_checkpoint, load_model, load_named_model,
-                                 resolve_checkpoint, select_device, spec_for)
+                                 resolve_checkpoint, select_device, spec_for, uses_bf16)
 
 MICRO = spec_for("micro")
 MICRO_CKPT = MICRO.config_path.parent / MICRO.filename
@@ -95,6 +95,15 @@ def test_device_selection_on_this_machine():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert select_device("auto").type in (expected, "mps")
     assert select_device("cpu").type == "cpu"
+
+
+@pytest.mark.parametrize("capability, bf16", [((7, 5), False), ((7, 0), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_only_on_gpus_with_bf16_units(monkeypatch, capability, bf16):
+    """A T4 (7.5) or V100 (7.0) runs in fp32; Ampere (8.0) and later under bf16 autocast. The GPU's answer is
+    what is stood in for here (this machine has none); the CPU never uses bf16."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert uses_bf16(torch.device("cuda")) is bf16
+    assert uses_bf16(torch.device("cpu")) is False
 
 
 class _Server:
