@@ -784,16 +784,19 @@ def _hidden_frames(annotation: dl.Annotation) -> frozenset[int]:
 
 
 def _add_video_prompts(tracker: VideoTracker, tracks: list[VideoTrack]) -> list[str]:
-    """Every drawn frame as a prompt, in frame order (a frame is encoded once for all the annotations drawn on
-    it). An annotation with a bad prompt is taken out of the tracker whole; returns why, per annotation."""
+    """Every drawn frame as a prompt, and every frame the user marked not visible as an absent one, in frame
+    order (a frame is encoded once for all the annotations on it). An annotation with a bad prompt is taken out
+    of the tracker whole; returns why, per annotation."""
     failures: dict[str, str] = {}
-    prompts = sorted(((frame, track) for track in tracks for frame in track.drawn), key=lambda p: p[0])
+    prompts = sorted(((frame, track) for track in tracks for frame in (*track.drawn, *track.hidden)),
+                     key=lambda p: p[0])
     for frame, track in prompts:
         if track.key in failures:
             continue
         try:
-            tracker.add_prompt(track.key, frame,
-                               _tracker_prompt(track.drawn[frame], f"annotation {track.source.id}, frame {frame}"))
+            what = f"annotation {track.source.id}, frame {frame}"
+            tracker.add_prompt(track.key, frame, {"type": "absent"} if frame in track.hidden
+                               else _tracker_prompt(track.drawn[frame], what))
         except InputError as error:
             failures[track.key] = str(error)
             if track.key in tracker.object_ids:

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DIRECTIONS", "PROMPT_TYPES", "FrameResult", "ObjectMask", "PropagationReport", "VideoTracker", "polygon_mask"]
 
 DIRECTIONS = ("forward", "backward", "both")
-PROMPT_TYPES = ("box", "points", "mask", "polygon")
+PROMPT_TYPES = ("box", "points", "mask", "polygon", "absent")
 
 # SAM 2's frame normalisation (sam2.utils.misc.load_video_frames).
 _MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float32)[:, None, None]
@@ -294,7 +294,8 @@ class VideoTracker:
                              f", the video is {self.width}x{self.height}")
         mask = mask.astype(bool)
         if not mask.any():
-            raise InputError(f"object {obj_id!r}, frame {frame_idx}: mask prompt is empty")
+            raise InputError(f"object {obj_id!r}, frame {frame_idx}: mask prompt is empty "
+                             f"(an object that is not on a frame is an absent prompt, `add_absent`)")
         obj = self._objects.get(obj_id) or _ObjectState(obj_id)
         inputs = torch.from_numpy(mask)[None, None].float().to(self.device)
         if inputs.shape[-2:] != (self.image_size, self.image_size):
@@ -303,11 +304,22 @@ class VideoTracker:
             inputs = (inputs >= 0.5).float()
         return self._add_prompt(obj, frame_idx, point_inputs=None, mask_inputs=inputs)
 
+    def add_absent(self, obj_id: Hashable, frame_idx: int) -> ObjectMask:
+        """The object is not on `frame_idx` (a user's "not visible here"): SAM 2's `add_new_mask` with an empty
+        mask. The frame becomes a conditioning frame where the object score says absent and the memory is SAM 2's
+        no-object memory, so the frames around it are tracked knowing the object left, as SAM 2 does."""
+        frame_idx = self._check_frame(obj_id, frame_idx)
+        obj = self._objects.get(obj_id) or _ObjectState(obj_id)
+        empty = torch.zeros(1, 1, self.image_size, self.image_size, device=self.device)
+        return self._add_prompt(obj, frame_idx, point_inputs=None, mask_inputs=empty)
+
     def add_prompt(self, obj_id: Hashable, frame_idx: int, prompt: Mapping[str, Any]) -> ObjectMask:
         """A prompt as a dict: {"type": "box", "box": [x1, y1, x2, y2]}, {"type": "points", "points": [[x, y], ...],
-        "labels": [1, 0, ...]} (optionally with "box"), {"type": "mask", "mask": (H, W) array} or
-        {"type": "polygon", "polygon": [[x, y], ...]} (rasterised to a mask prompt)."""
+        "labels": [1, 0, ...]} (optionally with "box"), {"type": "mask", "mask": (H, W) array},
+        {"type": "polygon", "polygon": [[x, y], ...]} (rasterised to a mask prompt) or {"type": "absent"}."""
         kind = prompt.get("type") if isinstance(prompt, Mapping) else None
+        if kind == "absent":
+            return self.add_absent(obj_id, frame_idx)
         if kind == "box":
             return self.add_box(obj_id, frame_idx, _field(prompt, "box", obj_id, frame_idx))
         if kind == "points":

@@ -201,9 +201,10 @@ def test_a_correction_frame_prompts_and_later_frames_take_its_attributes(adapter
 
 
 
-def test_a_frame_the_user_marked_not_visible_stays_so(adapter, clip, video, platform):
+def test_a_frame_the_user_marked_not_visible_stays_so(adapter, clip, video, platform, monkeypatch):
     """A key frame where the user says the object is not visible (occluded) is the user's, not SAM 2's to fill:
-    the result, which replaces the annotation in place, keeps it fixed and not visible."""
+    the result, which replaces the annotation in place, keeps it fixed and not visible. It is also a prompt:
+    SAM 2 tracks the frames after it knowing the object was gone there (an absent prompt)."""
     item = platform.item("vid-hidden", video)
     drawn = box_of(clip.masks[0, 0], "car")
     builder = item.annotations.builder()
@@ -211,9 +212,20 @@ def test_a_frame_the_user_marked_not_visible_stays_so(adapter, clip, video, plat
     builder.add(annotation_definition=drawn, object_id="1", frame_num=4, fixed=True, object_visible=False)
     source = {**builder.annotations[0].to_json(), "id": "hidden"}
     assert not read_back(source, item).frames[4].object_visible
+    from sam2_adapter.tracker import VideoTracker
+
+    absent_prompts = []
+    add_absent = VideoTracker.add_absent
+
+    def recording(self, obj_id, frame_idx):  # the micro model finds the same boxes either way (its scores move)
+        absent_prompts.append((obj_id, frame_idx))
+        return add_absent(self, obj_id, frame_idx)
+
+    monkeypatch.setattr(VideoTracker, "add_absent", recording)
     (result,) = adapter.track_video(item=item, annotations=[source], direction="forward", max_frames=8)
-    core = core_frames(adapter, video, {"hidden": {0: {"type": "box", "box": mask_box(clip.masks[0, 0]).tolist()}}},
-                       [(0, "forward", 8)])
+    assert absent_prompts == [("hidden", 4)]
+    core = core_frames(adapter, video, {"hidden": {0: {"type": "box", "box": mask_box(clip.masks[0, 0]).tolist()},
+                                                   4: {"type": "absent"}}}, [(0, "forward", 8)])
     frames = frames_of(read_back(result, item))
     assert sorted(frames) == list(range(8))
     assert frames[4].fixed and not frames[4].object_visible

@@ -93,7 +93,7 @@ def run_reference(predictor, folder, prompts, passes):
         for obj_id, frame, kind, value in prompts:
             if kind == "box":
                 predictor.add_new_points_or_box(state, frame_idx=frame, obj_id=obj_id, box=value)
-            elif kind == "mask":
+            elif kind in ("mask", "absent"):  # absent: SAM 2's way, an empty mask
                 predictor.add_new_mask(state, frame_idx=frame, obj_id=obj_id, mask=torch.from_numpy(value))
             else:
                 points, labels = value
@@ -136,6 +136,8 @@ CASES = {
     "backward-3": (3, [(0, 9, "box"), (1, 9, "box"), (2, 7, "mask")], "backward", 7, [(7, True)]),
     "both-3": (3, [(0, 5, "box"), (1, 5, "mask"), (2, 5, "click")], "both", 5, [(5, False), (5, True)]),
     "mask-1": (1, [(1, 0, "mask")], "forward", 0, [(0, False)]),
+    # a frame where the user says the object is not: a conditioning frame with SAM 2's no-object memory
+    "absent-2": (2, [(0, 0, "box"), (1, 0, "box"), (0, 4, "absent")], "forward", 0, [(0, False)]),
 }
 
 
@@ -144,6 +146,8 @@ def _prompt(clip, obj, frame, kind):
         return mask_box(clip.masks[frame, obj])
     if kind == "mask":
         return clip.masks[frame, obj]
+    if kind == "absent":
+        return np.zeros_like(clip.masks[frame, obj])
     ys, xs = np.nonzero(clip.masks[frame, obj])
     return np.array([[xs[len(xs) // 2] + 0.5, ys[len(ys) // 2] + 0.5]], np.float32), np.array([1], np.int32)
 
@@ -155,16 +159,17 @@ def test_agrees_with_sam2_video_predictor(case, ours, reference, clip3, folder3)
     masks, state = run_reference(reference, folder3, prompts, passes)
     tracker = VideoTracker(ours, folder3)
     recorder = Recorder(tracker)
-    obj_ids = []
     for obj_id, frame, kind, value in prompts:
-        obj_ids.append(obj_id)
         if kind == "box":
             tracker.add_box(obj_id, frame, value)
         elif kind == "mask":
             tracker.add_mask(obj_id, frame, value)
+        elif kind == "absent":
+            assert not tracker.add_absent(obj_id, frame).visible
         else:
             tracker.add_points(obj_id, frame, *value)
     results = {r.frame_idx: r for r in tracker.propagate(start_frame=start, direction=direction)}
+    obj_ids = list(dict.fromkeys(obj_id for obj_id, *_ in prompts))
     assert len(obj_ids) == n
     assert_agree(results, recorder, masks, state, obj_ids)
     order = list(results)
