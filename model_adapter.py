@@ -86,6 +86,9 @@ class ModelAdapter(dl.BaseModelAdapter):
     def __init__(self, model_entity: dl.Model = None):
         self.segmenter = None
         self._load_lock = threading.Lock()
+        # (item id, item version) -> digest of the image's bytes: see `_features`
+        self._digests: collections.OrderedDict[tuple, str] = collections.OrderedDict()
+        self._digests_lock = threading.Lock()
         # batch jobs: one line per item or box that gave nothing, and why (the latest lines of a long-lived service)
         self.report: collections.deque[dict] = collections.deque(maxlen=10_000)
         super().__init__(model_entity)
@@ -569,15 +572,30 @@ class ModelAdapter(dl.BaseModelAdapter):
         return [ring + np.asarray(result.origin, dtype=ring.dtype) for ring in rings]
 
     def _features(self, item: dl.Item):
-        """The item's image features, from the cache when this version of the item was encoded before; the
-        image is downloaded and decoded only on a miss."""
+        """The item's image features and their cache key (also the key of its click refinements).
+
+        The key names the image's content, a digest of its bytes: an edited image is encoded again, while a new
+        version of the item with the same image (the platform updates an item for more than its pixels: its
+        annotations, metadata, task status) is not, and keeps its refinement. The digest of each item version
+        is remembered, so a version seen before is served from the cache without a download."""
         if item is None:
             raise InputError("no item given")
         if item.mimetype and not item.mimetype.startswith("image/"):
             raise InputError(f"item {item.id} is {item.mimetype}, not an image")
-        version = getattr(item, "updated_at", None) or item.metadata.get("system", {}).get("modified")
-        key = (self._model_label, item.id, version)
-        return self.segmenter.features(key, lambda: _download_image(item)), key
+        version = (item.id, getattr(item, "updated_at", None) or item.metadata.get("system", {}).get("modified"))
+        with self._digests_lock:
+            digest = self._digests.get(version)
+        if digest is not None:
+            key = (self._model_label, item.id, digest)
+            return self.segmenter.features(key, lambda: _download_image(item)), key
+        data = _download(item)
+        digest = hashlib.sha256(data).hexdigest()
+        with self._digests_lock:
+            self._digests[version] = digest
+            while len(self._digests) > _VERSIONS_KEPT:
+                self._digests.popitem(last=False)
+        key = (self._model_label, item.id, digest)
+        return self.segmenter.features(key, lambda: decode_image(data, f"item {item.id}")), key
 
 
 @dataclass
@@ -620,10 +638,17 @@ def _box_prompt(annotation: dl.Annotation) -> BoxPrompt:
     return BoxPrompt(f"annotation {annotation.id}", (d.left, d.top, d.right, d.bottom), d.angle or 0.0)
 
 
-def _download_image(item: dl.Item) -> np.ndarray:
+# Item versions whose image digest `ModelAdapter._features` remembers (about 200 bytes each).
+_VERSIONS_KEPT = 16_384
+
+
+def _download(item: dl.Item) -> bytes:
     buffer = item.download(save_locally=False)
-    data = buffer.getvalue() if hasattr(buffer, "getvalue") else bytes(buffer)
-    return decode_image(data, f"item {item.id}")
+    return buffer.getvalue() if hasattr(buffer, "getvalue") else bytes(buffer)
+
+
+def _download_image(item: dl.Item) -> np.ndarray:
+    return decode_image(_download(item), f"item {item.id}")
 
 
 def _in_artifacts(path: Path, artifacts: Path | None) -> Path:

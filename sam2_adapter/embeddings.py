@@ -46,7 +46,7 @@ class _Pending:
 class EmbeddingCache:
     """Least-recently-used image features, bounded by their size in bytes.
 
-    Keys identify an image version (e.g. model, item id, item update time): an edited image gets a new key and is
+    Keys identify an image version (e.g. model, item id, a digest of its bytes): an edited image gets a new key and is
     encoded again. When several threads ask for the same missing key at once, one encodes and the others wait for
     its result; an encoder error reaches every waiter and nothing is cached.
     """

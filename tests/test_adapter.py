@@ -32,14 +32,14 @@ def adapter():
 
 
 def make_item(item_id: str, image: np.ndarray | None = None, data: bytes | None = None, mimetype="image/png",
-              dataset=None):
+              dataset=None, updated_at: str | None = None):
     if data is None:
         ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         data = png.tobytes()
     _BYTES[item_id] = data
     return dl.Item.from_json(
         _json={"id": item_id, "name": f"{item_id}.png", "filename": f"/{item_id}.png", "type": "file",
-               "metadata": {"system": {"mimetype": mimetype}}},
+               "updatedAt": updated_at, "metadata": {"system": {"mimetype": mimetype}}},
         client_api=dl.client_api, dataset=dataset, is_fetched=False)
 
 
@@ -269,6 +269,45 @@ def test_interactive_editing_returns_the_box_crop_and_refines(adapter, scenes):
     assert np.array_equal(again, second)
     polygons = adapter.predict_interactive_editing(item=item, points=[click], bb=bb, return_type="polygon")
     assert polygons and all({"x", "y"} <= set(p[0]) for p in polygons)
+
+
+def test_a_new_item_version_encodes_again_only_when_the_image_changed(adapter, scenes, monkeypatch):
+    """The platform updates an item (its `updatedAt`) for its annotations and metadata too. Saving an annotation
+    between two clicks must neither encode the image again nor forget the clicks; an edited image must be encoded
+    again, and a version seen before is served without a download."""
+    scene, edited = scenes[4], scenes[5]
+    encoded, downloads = [], []
+    encode_many = adapter.segmenter.encode_many
+    monkeypatch.setattr(adapter.segmenter, "encode_many", lambda images: encoded.append(len(images))
+                        or encode_many(images))
+    monkeypatch.setattr(dl.Item, "download", lambda self, **kwargs: downloads.append(self.id)
+                        or io.BytesIO(_BYTES[self.id]))
+    x1, y1, x2, y2 = (float(v) for v in scene.boxes[0])
+    bb = [{"x": x1, "y": y1}, {"x": x2, "y": y2}]
+    ys, xs = np.nonzero(scene.masks[0])
+    click = {"x": float(xs.mean()), "y": float(ys.mean()), "in": True}
+    outside = {"x": x1 + 1, "y": y1 + 1, "in": False}
+    adapter.predict_interactive_editing(item=make_item("versioned", scene.image, updated_at="2026-12-02T10:00:00Z"),
+                                        points=[click], bb=bb)
+    saved = make_item("versioned", scene.image, updated_at="2026-12-02T10:00:05Z")  # an annotation was saved
+    second = png_data_url_to_mask(adapter.predict_interactive_editing(item=saved, points=[click, outside], bb=bb))
+    assert encoded == [1], "the same image under a new item version was encoded again"
+    features = adapter.segmenter.encode(scene.image)
+    first_ref = adapter.segmenter.segment_points(features, *_points([click]), box=np.array([x1, y1, x2, y2]))
+    expected = adapter.segmenter.segment_points(features, *_points([click, outside]), box=np.array([x1, y1, x2, y2]),
+                                                mask_input=first_ref.low_res_logits)
+    rows, cols = slice(int(y1), int(y2)), slice(int(x1), int(x2))
+    assert mask_iou(second, expected.full()[rows, cols]) >= 0.99, "the first click was forgotten"
+    encoded.clear()
+    downloads.clear()
+    adapter.box_to_segmentation(item=make_item("versioned", scene.image, updated_at="2026-12-02T10:00:05Z"),
+                                annotations=[box_json("b", scene.boxes[0])])
+    assert (encoded, downloads) == ([], []), "a version seen before needs neither a download nor an encoding"
+    out = adapter.box_to_segmentation(item=make_item("versioned", edited.image, updated_at="2026-12-02T10:01:00Z"),
+                                      annotations=[box_json("b", edited.boxes[0])])
+    assert encoded == [1], "an edited image must be encoded again"
+    (direct,) = adapter.segmenter.segment_boxes(adapter.segmenter.encode(edited.image), edited.boxes[:1])
+    assert np.array_equal(dl.Annotation.from_json(out[0]).annotation_definition.geo, direct.full())
 
 
 def _points(points):
