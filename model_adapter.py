@@ -86,8 +86,9 @@ class ModelAdapter(dl.BaseModelAdapter):
     def __init__(self, model_entity: dl.Model = None):
         self.segmenter = None
         self._load_lock = threading.Lock()
-        # (item id, item version) -> digest of the image's bytes: see `_features`
+        # (item id, item version) -> digest of the image's bytes, and a lock per version being read: see `_features`
         self._digests: collections.OrderedDict[tuple, str] = collections.OrderedDict()
+        self._reading: dict[tuple, threading.Lock] = {}
         self._digests_lock = threading.Lock()
         # batch jobs: one line per item or box that gave nothing, and why (the latest lines of a long-lived service)
         self.report: collections.deque[dict] = collections.deque(maxlen=10_000)
@@ -577,23 +578,41 @@ class ModelAdapter(dl.BaseModelAdapter):
         The key names the image's content, a digest of its bytes: an edited image is encoded again, while a new
         version of the item with the same image (the platform updates an item for more than its pixels: its
         annotations, metadata, task status) is not, and keeps its refinement. The digest of each item version
-        is remembered, so a version seen before is served from the cache without a download."""
+        is remembered (an item without a version is downloaded every time), so a version seen before is served
+        from the cache without a download; concurrent requests for a version not seen yet download it once."""
         if item is None:
             raise InputError("no item given")
         if item.mimetype and not item.mimetype.startswith("image/"):
             raise InputError(f"item {item.id} is {item.mimetype}, not an image")
-        version = (item.id, getattr(item, "updated_at", None) or item.metadata.get("system", {}).get("modified"))
+        updated = getattr(item, "updated_at", None) or item.metadata.get("system", {}).get("modified")
+        version = (item.id, updated)
         with self._digests_lock:
             digest = self._digests.get(version)
-        if digest is not None:
-            key = (self._model_label, item.id, digest)
-            return self.segmenter.features(key, lambda: _download_image(item)), key
+            reading = self._reading.setdefault(version, threading.Lock()) if digest is None else None
+        if reading is not None:
+            with reading:  # the first reads the image and encodes it; the others then find both done
+                with self._digests_lock:
+                    digest = self._digests.get(version) if updated is not None else None
+                if digest is None:
+                    try:
+                        return self._read_features(item, version if updated is not None else None)
+                    finally:
+                        with self._digests_lock:
+                            if self._reading.get(version) is reading:
+                                del self._reading[version]
+        key = (self._model_label, item.id, digest)
+        return self.segmenter.features(key, lambda: _download_image(item)), key
+
+    def _read_features(self, item: dl.Item, version: tuple | None):
+        """Downloads the item's image, names it by its digest (remembered for `version` unless None) and returns
+        its features from the cache, or encodes them."""
         data = _download(item)
         digest = hashlib.sha256(data).hexdigest()
-        with self._digests_lock:
-            self._digests[version] = digest
-            while len(self._digests) > _VERSIONS_KEPT:
-                self._digests.popitem(last=False)
+        if version is not None:
+            with self._digests_lock:
+                self._digests[version] = digest
+                while len(self._digests) > _VERSIONS_KEPT:
+                    self._digests.popitem(last=False)
         key = (self._model_label, item.id, digest)
         return self.segmenter.features(key, lambda: decode_image(data, f"item {item.id}")), key
 
@@ -810,23 +829,31 @@ def _hidden_frames(annotation: dl.Annotation) -> frozenset[int]:
 
 def _add_video_prompts(tracker: VideoTracker, tracks: list[VideoTrack]) -> list[str]:
     """Every drawn frame as a prompt, and every frame the user marked not visible as an absent one, in frame
-    order (a frame is encoded once for all the annotations on it). An annotation with a bad prompt is taken out
-    of the tracker whole; returns why, per annotation."""
-    failures: dict[str, str] = {}
+    order (a frame is encoded once for all the annotations on it). An annotation with a bad drawn frame is taken
+    out of the tracker whole; a frame marked not visible that cannot be read (beyond the video's end, corrupt)
+    only goes without its prompt. Returns why, per annotation and frame."""
+    failures, dropped = [], set()
     prompts = sorted(((frame, track) for track in tracks for frame in (*track.drawn, *track.hidden)),
                      key=lambda p: p[0])
     for frame, track in prompts:
-        if track.key in failures:
+        if track.key in dropped:
+            continue
+        what = f"annotation {track.source.id}, frame {frame}"
+        if frame in track.hidden:
+            try:
+                tracker.add_absent(track.key, frame)
+            except InputError as error:
+                failures.append(f"{what}: marked not visible, but not usable as a prompt ({error}); "
+                                f"tracked without it")
             continue
         try:
-            what = f"annotation {track.source.id}, frame {frame}"
-            tracker.add_prompt(track.key, frame, {"type": "absent"} if frame in track.hidden
-                               else _tracker_prompt(track.drawn[frame], what))
+            tracker.add_prompt(track.key, frame, _tracker_prompt(track.drawn[frame], what))
         except InputError as error:
-            failures[track.key] = str(error)
+            failures.append(str(error))
+            dropped.add(track.key)
             if track.key in tracker.object_ids:
                 tracker.remove_object(track.key)
-    return list(failures.values())
+    return failures
 
 
 def _tracking_spans(drawn: Sequence[int], direction: str, max_frames: int | None,

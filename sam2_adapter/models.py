@@ -203,7 +203,10 @@ def load_config(config: str | os.PathLike, video: bool = False) -> DictConfig:
 def select_device(preference: str = "auto") -> torch.device:
     """`auto` picks cuda, then mps, then cpu."""
     if preference != "auto":
-        return torch.device(preference)
+        try:
+            return torch.device(preference)
+        except (RuntimeError, TypeError) as error:
+            raise InputError(f"device {preference!r} is not one of auto, cpu, cuda, cuda:N, mps ({error})") from None
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

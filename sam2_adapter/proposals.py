@@ -67,24 +67,8 @@ class ProposalSettings:
     hundreds per image, and the cap bounds output size on cluttered images. SAM 2 has no cap."""
 
     def __post_init__(self):
-        checks = {
-            "points_per_side": (self.points_per_side, 1, 256, True),
-            "points_per_batch": (self.points_per_batch, 1, 4096, True),
-            "pred_iou_thresh": (self.pred_iou_thresh, 0.0, 1.0, False),
-            "stability_score_thresh": (self.stability_score_thresh, 0.0, 1.0, False),
-            "stability_offset": (self.stability_offset, 0.0, 32.0, False),
-            "min_mask_area": (self.min_mask_area, 0, math.inf, True),
-            "nms_iou_thresh": (self.nms_iou_thresh, 0.0, 1.0, False),
-            "max_proposals": (self.max_proposals, 0, math.inf, True),
-        }
-        for name, (value, lo, hi, integer) in checks.items():
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or \
-                    (integer and math.isfinite(value) and value != int(value)):
-                raise InputError(f"proposal setting {name}: expected {'an integer' if integer else 'a number'}, "
-                                 f"got {value!r}")
-            if not (math.isfinite(value) and lo <= value <= hi):
-                raise InputError(f"proposal setting {name}: expected a value in [{lo:g}, {hi:g}], got {value!r}")
-            object.__setattr__(self, name, int(value) if integer else float(value))  # numpy scalars -> plain
+        for name in _RANGES:
+            object.__setattr__(self, name, _checked(name, getattr(self, name), f"proposal setting {name}"))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None, prefix: str = "") -> "ProposalSettings":
@@ -98,18 +82,40 @@ class ProposalSettings:
                 continue
             raw = values[key]
             try:
-                number = float(raw) if not isinstance(raw, bool) else math.nan
+                number = float(raw) if not isinstance(raw, bool) else None  # None: refused by _checked
             except (TypeError, ValueError):
                 raise InputError(f"configuration key {key!r}: expected a number, got {raw!r}") from None
-            if isinstance(field.default, int):
-                if not number.is_integer():
-                    raise InputError(f"configuration key {key!r}: expected an integer, got {raw!r}")
-                number = int(number)
-            kwargs[field.name] = number
+            kwargs[field.name] = _checked(field.name, number, f"configuration key {key!r}", raw)
         return cls(**kwargs)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# ProposalSettings' ranges: (least, most, whole number)
+_RANGES = {
+    "points_per_side": (1, 256, True),
+    "points_per_batch": (1, 4096, True),
+    "pred_iou_thresh": (0.0, 1.0, False),
+    "stability_score_thresh": (0.0, 1.0, False),
+    "stability_offset": (0.0, 32.0, False),
+    "min_mask_area": (0, math.inf, True),
+    "nms_iou_thresh": (0.0, 1.0, False),
+    "max_proposals": (0, math.inf, True),
+}
+
+
+def _checked(name: str, value, what: str, given=None) -> int | float:
+    """`value` of the proposal setting `name` as a plain int or float, or InputError naming `what` (and the value
+    as `given`)."""
+    lo, hi, integer = _RANGES[name]
+    given = value if given is None else given
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or \
+            (integer and math.isfinite(value) and value != int(value)):
+        raise InputError(f"{what}: expected {'an integer' if integer else 'a number'}, got {given!r}")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise InputError(f"{what}: expected a value in [{lo:g}, {hi:g}], got {given!r}")
+    return int(value) if integer else float(value)  # numpy scalars -> plain
 
 
 @dataclass(frozen=True)

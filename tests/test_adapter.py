@@ -310,6 +310,37 @@ def test_a_new_item_version_encodes_again_only_when_the_image_changed(adapter, s
     assert np.array_equal(dl.Annotation.from_json(out[0]).annotation_definition.geo, direct.full())
 
 
+def test_an_item_version_is_downloaded_once_by_concurrent_requests_and_one_without_is_never_trusted(
+        adapter, scenes, monkeypatch):
+    scene, edited = scenes[2], scenes[3]
+    downloads = []
+
+    def download(self, **kwargs):
+        downloads.append(self.id)
+        threading.Event().wait(0.1)  # the other requests arrive meanwhile
+        return io.BytesIO(_BYTES[self.id])
+
+    monkeypatch.setattr(dl.Item, "download", download)
+    boxes = [box_json("c", scene.boxes[0])]
+    item = make_item("item-together", scene.image, updated_at="2026-12-02T11:00:00Z")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(adapter.box_to_segmentation(item=item, annotations=boxes)))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 8 and all(r == results[0] for r in results) and downloads == ["item-together"]
+    # an item without any version: its digest cannot be remembered, so an edit is always seen
+    downloads.clear()
+    adapter.box_to_segmentation(item=make_item("item-unversioned", scene.image), annotations=boxes)
+    out = adapter.box_to_segmentation(item=make_item("item-unversioned", edited.image),
+                                      annotations=[box_json("e", edited.boxes[0])])
+    assert downloads == ["item-unversioned"] * 2
+    (direct,) = adapter.segmenter.segment_boxes(adapter.segmenter.encode(edited.image), edited.boxes[:1])
+    assert np.array_equal(dl.Annotation.from_json(out[0]).annotation_definition.geo, direct.full())
+
+
 def _points(points):
     return (np.array([[p["x"], p["y"]] for p in points], np.float32), np.array([int(p["in"]) for p in points]))
 

@@ -235,6 +235,25 @@ def test_a_frame_the_user_marked_not_visible_stays_so(adapter, clip, video, plat
         assert_frame_matches(adapter, frames[t], core["hidden"][t], "box")
 
 
+def test_a_frame_marked_not_visible_that_cannot_be_read_costs_only_its_prompt(adapter, clip, video, platform):
+    """The platform's frame count and the decoder's may differ by a frame or two: a not-visible key frame beyond
+    the decoded video is reported and goes without its prompt; the annotation is tracked as without it."""
+    item = platform.item("vid-hidden-late", video)
+    builder = item.annotations.builder()
+    builder.add(annotation_definition=box_of(clip.masks[0, 0], "car"), object_id="1", frame_num=0, fixed=True)
+    builder.add(annotation_definition=box_of(clip.masks[0, 0], "car"), object_id="1", frame_num=T + 2, fixed=True,
+                object_visible=False)
+    progress = Progress()
+    (result,) = adapter.track_video(item=item, annotations=[{**builder.annotations[0].to_json(), "id": "late"}],
+                                    direction="forward", max_frames=4, progress=progress)
+    assert any(f"annotation late, frame {T + 2}: marked not visible" in m for m in progress.messages)
+    core = core_frames(adapter, video, {"late": {0: {"type": "box", "box": mask_box(clip.masks[0, 0]).tolist()}}},
+                       [(0, "forward", 4)])
+    frames = frames_of(read_back(result, item))
+    for t in (1, 2, 3):
+        assert_frame_matches(adapter, frames[t], core["late"][t], "box")
+
+
 def test_annotations_far_apart_are_each_tracked_only_over_their_own_frames(adapter, clip, video, platform,
                                                                         monkeypatch):
     """Each pass tracks only the annotations it serves: k annotations far apart cost k times one, not k x k."""

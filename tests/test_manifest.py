@@ -370,6 +370,8 @@ def test_configuration_numbers_are_read_as_meant(key, value, expected):
     ("polygon_tolerance", float("nan"), "finite"),
     ("polygon_min_area", -1, "negative"),
     ("replace_boxes", 1, "true or false"),
+    ("proposal_pred_iou_thresh", 2, r"\[0, 1\]"),  # the proposal keys have their own ranges
+    ("proposal_points_per_side", True, "integer"),
 ])
 def test_a_bad_configuration_number_is_refused_by_name(key, value, why):
     with pytest.raises(InputError, match=f"{key}.*{why}"):

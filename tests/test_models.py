@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sam2_adapter.errors import InputError
 from sam2_adapter.models import (CHECKPOINTS, CheckpointError, download_checkpoint, load_model, load_named_model,
                                  resolve_checkpoint, select_device, spec_for, uses_bf16)
 
@@ -95,6 +96,8 @@ def test_device_selection_on_this_machine():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert select_device("auto").type in (expected, "mps")
     assert select_device("cpu").type == "cpu"
+    with pytest.raises(InputError, match="device 'gpu' is not one of auto, cpu, cuda"):  # the `device` key's value
+        select_device("gpu")
 
 
 @pytest.mark.parametrize("capability, bf16", [((7, 5), False), ((7, 0), False), ((8, 0), True), ((9, 0), True)])
