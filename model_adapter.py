@@ -207,10 +207,16 @@ class ModelAdapter(dl.BaseModelAdapter):
                 progress.update(message=f"{len(failures)} of {len(bbs)} objects not tracked: " + "; ".join(failures))
             if not types:
                 return results
-            for _, frame in self._propagate(tracker, [(start_frame, "forward", frame_duration, None)], progress):
+            problems = []
+            for _, frame in self._propagate(tracker, [(start_frame, "forward", frame_duration, None)], progress,
+                                            problems):
+                if frame.skipped:
+                    problems.append(f"frame {frame.frame_idx} skipped: {frame.error}")
                 for annotation_id, obj in frame.objects.items():
                     tracked = self._tracked_definition(obj, types[annotation_id])
                     results[annotation_id][frame.frame_idx] = None if tracked is None else _studio_coordinates(tracked)
+            if progress is not None and problems:
+                progress.update(message="; ".join(problems))
         return results
 
     def track_video(self, dl=None, item: dl.Item = None, annotations: list = None, direction: str = "forward",
@@ -295,11 +301,11 @@ class ModelAdapter(dl.BaseModelAdapter):
         """Tracks every annotation through the frames it asked for, one pass per stretch of frames and direction
         (annotations far apart do not make the frames between them tracked); each keeps only the frames of its
         own span in each direction, as definitions of each of its `kinds` (drawn frames too, unless it keeps them
-        as drawn). Returns the frames that could not be decoded."""
+        as drawn). Returns the frames that could not be decoded or were never reached."""
         for track in tracks:
             track.spans = _tracking_spans(sorted(track.drawn), direction, max_frames, tracker.num_frames)
         skipped = []
-        for going, frame in self._propagate(tracker, _tracking_passes(tracks), progress):
+        for going, frame in self._propagate(tracker, _tracking_passes(tracks), progress, skipped):
             t = frame.frame_idx
             if frame.skipped:
                 skipped.append(f"frame {t} skipped: {frame.error}")
@@ -318,18 +324,30 @@ class ModelAdapter(dl.BaseModelAdapter):
         return skipped
 
     def _propagate(self, tracker: VideoTracker, passes: list[tuple[int, str, int, list[str] | None]],
-                   progress) -> Iterator[tuple[str, FrameResult]]:
+                   progress, problems: list[str]) -> Iterator[tuple[str, FrameResult]]:
         """Runs tracking passes (start frame, direction, frames, objects or None for all), yielding (direction,
         frame result) frame by frame, undecodable frames included (the tracker logs them), with the progress over
-        all passes."""
+        all passes. Frames a pass should have reached but the video did not give (it ends before its header
+        says: a truncated file) are added to `problems`."""
         total = max(sum(count for _, _, count, _ in passes), 1)
         done = 0
         for start, direction, count, objects in passes:
+            step = 1 if direction == "forward" else -1
+            end = min(start + count, tracker.num_frames) if step > 0 else max(start - count, -1)
+            expected = range(start, end, step)
+            reached = 0
             for frame in tracker.propagate(start_frame=start, direction=direction, max_frames=count, objects=objects):
                 done += 1
+                reached += 1
                 yield direction, frame
                 if progress is not None:
                     progress.update(progress=min(int(100 * done / total), 100))
+            if reached < len(expected):
+                missing = expected[reached:]
+                which = f"frame {missing[0]}" if len(missing) == 1 else f"frames {missing[0]} to {missing[-1]}"
+                problems.append(f"{which} not tracked: the video gives no frame past frame {missing[0] - step}, "
+                                f"though its header says {tracker.num_frames} frames")
+                log.warning("%s", problems[-1])
 
     def _tracked_definition(self, obj: ObjectMask, kind: str, label: str = "tracked", attributes=None):
         """The object on one frame as a definition of the prompt's type (a box, the polygon of its largest part

@@ -18,6 +18,7 @@ the next call on the same video (the studio's AI Tracker, every few seconds) doe
 from __future__ import annotations
 
 import atexit
+import http.client
 import logging
 import os
 import queue
@@ -533,12 +534,12 @@ class HttpVideoSource(VideoFileSource):
         safe = redact_url(url)
         store = downloads if downloads is not None else STREAMED_VIDEOS
         path, release = store.acquire(url, headers or {}, timeout, max_bytes)
-        self._finalizer = weakref.finalize(self, release)
         try:
             super().__init__(path, name=safe, backward_chunk=backward_chunk)
         except BaseException:
-            self.close()
+            release(keep=False)  # what does not open as a video is not kept for the next call
             raise
+        self._finalizer = weakref.finalize(self, release)
 
     def close(self) -> None:
         self._finalizer()
@@ -572,8 +573,9 @@ class StreamedVideos:
         _STORES.add(self)
 
     def acquire(self, url: str, headers: Mapping[str, str], timeout: float = 60.0,
-                max_bytes: int | None = None) -> tuple[str, Callable[[], None]]:
-        """(local path of the video at `url`, a function to call once done with it)."""
+                max_bytes: int | None = None) -> tuple[str, Callable[..., None]]:
+        """(local path of the video at `url`, a function to call once done with it: with `keep=False` the file
+        is not kept for later calls)."""
         safe = redact_url(url)
         with self._lock:
             self._trim()
@@ -585,7 +587,7 @@ class StreamedVideos:
                 if same and not kept.stale and self._entries.get(url) is kept:
                     kept.users += 1
                     log.info("%s: the video streamed %.0f s ago, unchanged", safe, time.monotonic() - kept.last_used)
-                    return kept.path, lambda: self._release(url, kept)
+                    return kept.path, lambda keep=True: self._release(url, kept, keep)
                 if self._entries.get(url) is kept:
                     self._drop(url)
         suffix = os.path.splitext(urllib.parse.urlsplit(url).path)[1][:8] or ".mp4"
@@ -604,7 +606,7 @@ class StreamedVideos:
             if url in self._entries:
                 self._drop(url)
             self._entries[url] = entry
-        return path, lambda: self._release(url, entry)
+        return path, lambda keep=True: self._release(url, entry, keep)
 
     def clear(self) -> None:
         """Deletes every kept file not in use (those in use, once released)."""
@@ -612,10 +614,12 @@ class StreamedVideos:
             for url in list(self._entries):
                 self._drop(url)
 
-    def _release(self, url: str, entry: _Streamed) -> None:
+    def _release(self, url: str, entry: _Streamed, keep: bool = True) -> None:
         with self._lock:
             entry.users -= 1
             entry.last_used = time.monotonic()
+            if not keep and self._entries.get(url) is entry:
+                self._drop(url)
             if entry.stale and entry.users == 0:
                 _remove_file(entry.path)
             self._trim()
@@ -675,12 +679,15 @@ def _stream(url: str, safe: str, headers: Mapping[str, str], timeout: float, out
                 if max_bytes is not None and total > max_bytes:
                     raise InputError(f"video URL {safe}: larger than the limit of {max_bytes} bytes")
                 out.write(chunk)
-        except OSError as error:
+        except (OSError, http.client.HTTPException) as error:  # IncompleteRead: a chunked body cut short
             raise InputError(f"video URL {safe} could not be read: {type(error).__name__}: "
                              f"{_scrub(str(error), url, headers)}") from None
         validators = _validators(response)
+        length = response.headers.get("Content-Length")
     if total == 0:
         raise InputError(f"video URL {safe} returned no data")
+    if length and length.isdigit() and total < int(length):  # http.client ends a body cut short without an error
+        raise InputError(f"video URL {safe}: the connection closed after {total} of {length} bytes")
     return validators
 
 

@@ -14,6 +14,7 @@ import functools
 import http.server
 import json
 import logging
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -252,6 +253,29 @@ def test_a_frame_marked_not_visible_that_cannot_be_read_costs_only_its_prompt(ad
     frames = frames_of(read_back(result, item))
     for t in (1, 2, 3):
         assert_frame_matches(adapter, frames[t], core["late"][t], "box")
+
+
+def test_frames_a_truncated_video_never_gives_are_reported(adapter, clip, tmp_path):
+    """A video cut short (an interrupted upload) still says in its header how many frames it had: the frames the
+    tracker asked for and never got are named in the progress message, as undecodable ones are."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(tmp_path / "whole.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (W, H))
+    for frame in clip.frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    data = (tmp_path / "whole.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[:len(data) * 2 // 3])
+    box = mask_box(clip.masks[0, 0])
+    progress = Progress()
+    out = adapter.track(item_stream_url=str(tmp_path / "cut.avi"), progress=progress, start_frame=0, frame_duration=T,
+                        bbs={"a": [{"x": float(box[0]), "y": float(box[1])}, {"x": float(box[2]), "y": float(box[3])}]})
+    said = re.search(r"frames? (\d+)(?: to (\d+))? not tracked: the video gives no frame past frame (\d+), though "
+                     r"its header says (\d+) frames", "; ".join(progress.messages))
+    assert said, progress.messages
+    first_missing = int(said[1])
+    assert int(said[2] or said[1]) == T - 1 and int(said[3]) == first_missing - 1 and int(said[4]) == T
+    assert 0 < len(out["a"]) and max(out["a"]) < first_missing
 
 
 def test_annotations_far_apart_are_each_tracked_only_over_their_own_frames(adapter, clip, video, platform,

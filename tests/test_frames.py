@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -276,6 +277,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.send_error(401, "Unauthorized")
             return
         self.path = self.path.split("?")[0]
+        if self.path.startswith(("/cut/", "/garbage/")):  # a body cut short; bytes that are no video
+            cut = self.path.startswith("/cut/")
+            body = (Path(self.directory) / self.path.split("/")[-1]).read_bytes() if cut else b"no video" * 512
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:len(body) // 2] if cut else body)
+            self.close_connection = True
+            return
         super().do_GET()
 
     def log_message(self, *args):
@@ -357,6 +367,18 @@ def test_a_streamed_video_serves_the_next_calls_while_unchanged_and_readable(mp4
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_stream_cut_short_or_not_a_video_is_an_error_and_nothing_is_kept(server, tmp_path):
+    """http.client ends a body cut short without an error: the length the server announced tells. A file that
+    does not open as a video is not kept for the next call either."""
+    store = StreamedVideos(temp_dir=tmp_path)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with pytest.raises(InputError, match=r"connection closed after \d+ of \d+ bytes"):
+        HttpVideoSource(f"{server}/cut/clip.mp4", headers=auth, downloads=store)
+    with pytest.raises(InputError):
+        HttpVideoSource(f"{server}/garbage/clip.mp4", headers=auth, downloads=store)
+    assert list(tmp_path.iterdir()) == [] and store._entries == {}
 
 
 def test_http_redirect_on_the_same_host_keeps_the_token(server):
