@@ -488,7 +488,7 @@ class ModelAdapter(dl.BaseModelAdapter):
                                                           _metadata(sources[k])))
         for outcome in outcomes:
             if isinstance(outcome, InputError):
-                self._report(item, str(outcome))
+                self._report(item, f"item {item.id}: {outcome}")
                 continue
             builder.annotations.extend(outcome)
         return True
@@ -531,16 +531,44 @@ class ModelAdapter(dl.BaseModelAdapter):
         self.report.append({"item": item.id, "message": message})
 
     def _upload_model_annotations(self, item: dl.Item, predictions):
+        """Stores an item's results in place of this model's earlier results of the same sources (and of its
+        earlier proposals, when it proposes), then, with `replace_boxes`, deletes each source whose results were
+        all stored.
+
+        Not the base class's way, which first deletes every earlier result of the model on the item: those of
+        boxes an earlier run replaced went too (a box added later, or proposals asked for later, cost the item
+        all its masks), items skipped or failed lost theirs, and an error in one item's upload failed its whole
+        batch. Here an item that is skipped or fails keeps what it had, and an error is reported with the item
+        and costs the other items nothing."""
         if getattr(predictions, "sam2_untouched", False):
-            # The base class would first delete this model's earlier results on the item: a re-run would wipe
-            # them on every item it skips (its boxes replaced by the earlier run) or fails to download.
             return predictions
-        uploaded = super()._upload_model_annotations(item, predictions)
+        try:
+            self._delete_replaced_results(item, predictions)
+            uploaded = item.annotations.upload(annotations=predictions)
+            stored = list(uploaded)
+        except Exception as error:  # noqa: BLE001 - reported per item; the batch goes on
+            self._report(item, f"item {item.id}: results could not be stored ({type(error).__name__}: {error}); "
+                               f"its annotations are left as they were")
+            return item.annotations.builder()
+        if len(stored) < len(predictions):
+            self._report(item, f"item {item.id}: {len(predictions) - len(stored)} of {len(predictions)} results were "
+                               f"not stored (see the log); the boxes they came from are kept")
         if self.settings.replace_boxes:
-            sources = {a.metadata.get("user", {}).get("sam2", {}).get("source_annotation_id") for a in predictions}
-            for annotation_id in sorted(s for s in sources if s):
-                item.annotations.delete(annotation_id=annotation_id)
+            wanted = collections.Counter(_source_id(a) for a in predictions)
+            got = collections.Counter(_source_id(a) for a in stored)
+            for source in sorted(s for s in wanted if s and got[s] == wanted[s]):
+                _delete_annotation(item, source)
         return uploaded
+
+    def _delete_replaced_results(self, item: dl.Item, predictions) -> None:
+        """Deletes this model's earlier results on `item` that `predictions` replace: those of the same source
+        annotations, and earlier proposals when `predictions` are proposals."""
+        sources = {_source_id(a) for a in predictions} - {None}
+        proposing = any(_sam2(a).get("proposal") for a in predictions)
+        for earlier in item.annotations.list():
+            if _made_by(earlier, self.model_entity.name) and (
+                    _source_id(earlier) in sources or (proposing and _sam2(earlier).get("proposal"))):
+                _delete_annotation(item, earlier.id)
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _boxes_to_annotations(self, item: dl.Item, annotations: Iterable[dict], kind: str, progress) -> list:
@@ -794,15 +822,18 @@ def _video_tracks(item: dl.Item, annotations: Iterable | None, skip_predictions:
 def _is_prediction(annotation: dl.Annotation, model_name: str | None) -> bool:
     """A prediction of the model `model_name` (which the base class deletes before uploading new ones), or an
     annotation SAM 2 made from another one (a batch job's result; `track_video` keeps the source's own id)."""
-    metadata = annotation.metadata or {}
-    for scope in ("user", "system"):
-        if model_name and ((metadata.get(scope) or {}).get("model") or {}).get("name") == model_name:
-            return True
-    sam2 = (metadata.get("user") or {}).get("sam2") or {}
-    if sam2.get("proposal"):
+    if model_name and _made_by(annotation, model_name):
         return True
-    source = sam2.get("source_annotation_id")
+    if _sam2(annotation).get("proposal"):
+        return True
+    source = _source_id(annotation)
     return source is not None and source != annotation.id
+
+
+def _made_by(annotation: dl.Annotation, model_name: str) -> bool:
+    """Whether the model `model_name` made `annotation` (dtlpy names it in the user or the system metadata)."""
+    metadata = annotation.metadata or {}
+    return any(((metadata.get(scope) or {}).get("model") or {}).get("name") == model_name for scope in ("user", "system"))
 
 
 def _drawn_frames(annotation: dl.Annotation) -> dict[int, Any]:
@@ -1039,6 +1070,22 @@ def _parse_points(points: Sequence[dict], width: int, height: int, name: str) ->
 
 def _polygon_coordinates(ring: np.ndarray) -> list[dict]:
     return [{"x": float(x), "y": float(y), "z": 0} for x, y in ring]
+
+
+def _sam2(annotation: dl.Annotation) -> dict:
+    """What this adapter wrote in an annotation's `metadata.user.sam2`."""
+    return ((annotation.metadata or {}).get("user") or {}).get("sam2") or {}
+
+
+def _source_id(annotation: dl.Annotation) -> str | None:
+    return _sam2(annotation).get("source_annotation_id")
+
+
+def _delete_annotation(item: dl.Item, annotation_id: str) -> None:
+    try:
+        item.annotations.delete(annotation_id=annotation_id)
+    except dl.exceptions.NotFound:
+        pass  # already gone (a user, or another execution on the same item): what was wanted
 
 
 def _metadata(source: dl.Annotation) -> dict:

@@ -2,6 +2,7 @@
 download (served from the test's own bytes) and the model entity update."""
 
 import io
+import itertools
 import logging
 import threading
 
@@ -363,14 +364,18 @@ def test_interactive_editing_rejects_clicks_outside_the_image(adapter, scenes):
 
 class OfflinePlatform:
     """Stands in for the platform's network calls that `predict_items` makes (annotation list / upload / delete,
-    the ontology's colours); the adapter and dtlpy's own logic run unchanged."""
+    the ontology's colours), keeping each item's annotations as the platform would; the adapter and dtlpy's own
+    logic run unchanged. `stored_limit` stores at most that many annotations of an upload, as dtlpy's upload does
+    when one of its chunks fails (it logs the error and returns what was stored)."""
 
     def __init__(self, monkeypatch):
         self.stored: dict[str, list[dict]] = {}
         self.uploaded: dict[str, list] = {}
         self.deleted: dict[str, list] = {}
-        self.cleaned: list[str] = []  # items whose earlier model results the base class deleted (by filter)
+        self.cleaned: list[str] = []  # items whose annotations were deleted by a filter (the base class's way)
+        self.stored_limit: int | None = None
         platform = self
+        ids = itertools.count()
 
         def list_annotations(repo, *args, **kwargs):
             return dl.AnnotationCollection(item=repo.item, annotations=[
@@ -378,13 +383,23 @@ class OfflinePlatform:
 
         def upload(repo, annotations, **kwargs):
             platform.uploaded[repo.item.id] = list(annotations)
-            return annotations
+            kept = list(annotations)[:platform.stored_limit]
+            stored = platform.stored.setdefault(repo.item.id, [])
+            for annotation in kept:
+                stored.append({**annotation.to_json(), "id": f"result-{next(ids)}"})
+            return dl.AnnotationCollection(item=repo.item, annotations=[
+                dl.Annotation.from_json(j, item=repo.item) for j in stored[len(stored) - len(kept):]])
 
         def delete(repo, annotation=None, annotation_id=None, filters=None, **kwargs):
             if annotation_id is not None:
+                if all(j["id"] != annotation_id for j in platform.stored.get(repo.item.id, [])):
+                    raise dl.exceptions.NotFound("404", f"annotation {annotation_id} not found")
                 platform.deleted.setdefault(repo.item.id, []).append(annotation_id)
-            elif filters is not None:
+                platform.stored[repo.item.id] = [j for j in platform.stored[repo.item.id] if j["id"] != annotation_id]
+            elif filters is not None:  # as dtlpy's base class uses it: every result of the model on the item
                 platform.cleaned.append(repo.item.id)
+                platform.stored[repo.item.id] = [j for j in platform.stored.get(repo.item.id, [])
+                                                 if not j.get("metadata", {}).get("system", {}).get("model")]
             return True
 
         monkeypatch.setattr(dl.repositories.Annotations, "list", list_annotations)
@@ -398,6 +413,11 @@ class OfflinePlatform:
         item = make_item(item_id, image, data, dataset=self.dataset)
         self.stored[item_id] = list(boxes)
         return item
+
+    def results(self, item_id: str) -> list[tuple[str, str | None]]:
+        """(type, source annotation id or "proposal") of the results stored on an item, sorted."""
+        return sorted((j["type"], j["metadata"]["user"]["sam2"].get("source_annotation_id") or "proposal")
+                      for j in self.stored.get(item_id, []) if "sam2" in j.get("metadata", {}).get("user", {}))
 
 
 @pytest.fixture
@@ -450,26 +470,102 @@ def test_predict_items_both_outputs_and_replacing_boxes(adapter, scenes, platfor
     assert sorted(platform.deleted["batch-replace"]) == sorted(b["id"] for b in boxes)
 
 
-def test_a_rerun_leaves_the_results_of_items_it_skips_or_fails(adapter, scenes, platform, monkeypatch):
-    """dtlpy's base class deletes the model's earlier results before uploading an item's new ones: a re-run of a
-    job that replaced the boxes (nothing left to convert) or that cannot read an item must not wipe them."""
+def configure(adapter, monkeypatch, **values):
     monkeypatch.setattr(adapter, "settings", adapter.settings.__class__.from_mapping(
-        {**adapter.settings.as_dict(), "replace_boxes": True}))
+        {**adapter.settings.as_dict(), **values}))
+
+
+def boxes_on(platform, item_id: str) -> list[str]:
+    return sorted(j["id"] for j in platform.stored[item_id] if j["type"] == "box")
+
+
+def test_reruns_replace_only_the_results_of_what_they_convert_again(adapter, scenes, platform, monkeypatch):
+    """A job run again (boxes added since, proposals asked for, items it skips or cannot read) replaces only the
+    results of what it converts again: the masks of boxes an earlier run replaced stay, and so does everything on
+    an item it skips or cannot read. (dtlpy's base class deleted every earlier result of the model first.)"""
+    configure(adapter, monkeypatch, replace_boxes=True)
     scene = scenes[6]
-    converted = platform.item("rerun-converted", scene.image)  # its boxes were replaced by the first run
+    found = [k for k, r in enumerate(core_masks(adapter, scene)) if r.area][:3]
+    assert len(found) == 3
+    item = platform.item("rerun", scene.image, boxes=[box_json(f"r-{k}", scene.boxes[k]) for k in found[:2]])
     corrupt = platform.item("rerun-corrupt", data=b"not an image", boxes=[box_json("rc-0", [0, 0, 9, 9])])
-    boxed = platform.item("rerun-boxed", scene.image, boxes=[box_json("rb-0", scene.boxes[0])])
-    adapter.predict_items([converted, corrupt, boxed], batch_size=3)
-    assert platform.cleaned == ["rerun-boxed"], "only an item with new results has its earlier ones replaced"
-    assert "rerun-converted" not in platform.uploaded and "rerun-corrupt" not in platform.uploaded
-    assert [a.type for a in platform.uploaded["rerun-boxed"]] == ["binary"]
+    adapter.predict_items([item, corrupt], batch_size=2)
+    masks = [("binary", f"r-{k}") for k in found[:2]]
+    assert platform.results("rerun") == masks and boxes_on(platform, "rerun") == []
+    assert boxes_on(platform, "rerun-corrupt") == ["rc-0"]
+    platform.stored["rerun"].append(box_json(f"r-{found[2]}", scene.boxes[found[2]]))  # a box added since
+    adapter.predict_items([item, corrupt], batch_size=2)
+    masks.append(("binary", f"r-{found[2]}"))
+    assert platform.results("rerun") == masks and boxes_on(platform, "rerun") == []
+    adapter.predict_items([item])  # nothing left to convert: skipped, and its results stay
+    assert platform.results("rerun") == masks
+    # proposals asked for later come beside the masks; asked again, they replace the earlier proposals only
+    configure(adapter, monkeypatch, replace_boxes=True, no_prompts="propose", proposal_points_per_side=4,
+              proposal_pred_iou_thresh=0.0, proposal_stability_score_thresh=0.0, proposal_max_proposals=3)
+    for _ in range(2):
+        adapter.predict_items([item])
+        results = platform.results("rerun")
+        assert [r for r in results if r[1] != "proposal"] == masks and 0 < len(results) - len(masks) <= 3
+    # without replace_boxes, a box converted twice has one result, the latest
+    configure(adapter, monkeypatch, replace_boxes=False)
+    kept = platform.item("rerun-kept", scene.image, boxes=[box_json("k-0", scene.boxes[found[0]])])
+    adapter.predict_items([kept])
+    adapter.predict_items([kept])
+    assert platform.results("rerun-kept") == [("binary", "k-0")] and boxes_on(platform, "rerun-kept") == ["k-0"]
     # a skipped item of one execution does not shield the same item in another: not one whose upload never came
     # (an execution that failed after predicting), nor one running at the same time (they share the adapter)
+    converted = platform.item("rerun-converted", scene.image)
     adapter.predict([adapter.prepare_item_func(converted)])
-    platform.stored["rerun-converted"] = [box_json("rc-1", scene.boxes[1])]
+    platform.stored["rerun-converted"] = [box_json("rc-1", scene.boxes[found[1]])]
     adapter.predict_items([converted])
-    assert platform.cleaned == ["rerun-boxed", "rerun-converted"]
-    assert [a.type for a in platform.uploaded["rerun-converted"]] == ["binary"]
+    assert platform.results("rerun-converted") == [("binary", "rc-1")]
+    assert platform.cleaned == [], "nothing is deleted by the base class's blanket filter"
+
+
+def test_results_not_stored_keep_their_boxes_and_an_upload_error_costs_only_its_item(adapter, scenes, platform,
+                                                                                    monkeypatch):
+    """dtlpy's upload drops a chunk that fails and returns what was stored: only the boxes whose results were
+    all stored are replaced. An error while storing one item's results is reported with the item and costs the
+    other items of its batch nothing; a source box gone already (deleted by someone else) is no error."""
+    configure(adapter, monkeypatch, replace_boxes=True)
+    adapter.report.clear()
+    scene = scenes[5]
+    found = [k for k, r in enumerate(core_masks(adapter, scene)) if r.area]
+    assert len(found) >= 3
+    partial = platform.item("partial", scene.image, boxes=[box_json(f"p-{k}", scene.boxes[k]) for k in found])
+    platform.stored_limit = 2
+    adapter.predict_items([partial])
+    platform.stored_limit = None
+    stored = [source for _, source in platform.results("partial")]
+    assert len(stored) == 2
+    assert boxes_on(platform, "partial") == sorted(f"p-{k}" for k in found if f"p-{k}" not in stored)
+    assert any(f"{len(found) - 2} of {len(found)} results were not stored" in line["message"]
+               for line in adapter.report if line["item"] == "partial")
+
+    upload = dl.repositories.Annotations.upload
+
+    def failing(repo, annotations, **kwargs):
+        if repo.item.id == "upload-fails":
+            raise dl.exceptions.InternalServerError("500", "the platform is having a bad day")
+        return upload(repo, annotations, **kwargs)
+
+    monkeypatch.setattr(dl.repositories.Annotations, "upload", failing)
+    items = [platform.item(name, scene.image, boxes=[box_json(f"{name}-0", scene.boxes[found[0]])])
+             for name in ("upload-fails", "upload-fine", "box-gone")]
+    delete = dl.repositories.Annotations.delete
+
+    def gone_first(repo, annotation=None, annotation_id=None, filters=None, **kwargs):
+        if annotation_id == "box-gone-0":  # another execution deleted it between our listing and our delete
+            platform.stored["box-gone"] = [j for j in platform.stored["box-gone"] if j["id"] != "box-gone-0"]
+        return delete(repo, annotation=annotation, annotation_id=annotation_id, filters=filters, **kwargs)
+
+    monkeypatch.setattr(dl.repositories.Annotations, "delete", gone_first)
+    adapter.predict_items(items, batch_size=3)  # raises if an item of the batch is marked failed
+    assert platform.results("upload-fails") == [] and boxes_on(platform, "upload-fails") == ["upload-fails-0"]
+    assert any("upload-fails" in line["message"] and "could not be stored" in line["message"]
+               for line in adapter.report)
+    assert platform.results("upload-fine") == [("binary", "upload-fine-0")] and boxes_on(platform, "upload-fine") == []
+    assert platform.results("box-gone") == [("binary", "box-gone-0")] and boxes_on(platform, "box-gone") == []
 
 
 def test_concurrent_first_requests_load_the_model_once(adapter, scenes, monkeypatch):
