@@ -25,14 +25,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
 from PIL import Image
 from sam2.modeling.sam2_base import SAM2Base
 
-from sam2_adapter.coco import _PALETTE, _write_atomically, auto, boxes_to_masks, draw_overlay
+from sam2_adapter.coco import _PALETTE, _write_atomically, auto, boxes_to_masks, check_output, draw_overlay
 from sam2_adapter.config import Settings
 from sam2_adapter.errors import InputError
 from sam2_adapter.frames import FrameSource, open_video
@@ -110,6 +110,7 @@ def _finish(summary) -> int:
 def run_boxes_to_masks(args: argparse.Namespace) -> int:
     """images folder + COCO file with boxes -> COCO file with a mask for every box."""
     _check_inputs(args.images, args.coco)
+    check_output(args.out)
     segmenter, name = _segmenter(args)
     summary = boxes_to_masks(args.images, args.coco, args.out, segmenter, polygons=args.polygons,
                              previews_dir=args.previews, polygon_tolerance=args.polygon_tolerance,
@@ -122,6 +123,7 @@ def run_auto(args: argparse.Namespace) -> int:
     """images folder -> COCO file of mask proposals."""
     settings = ProposalSettings.from_mapping(vars(args))
     _check_inputs(args.images)
+    check_output(args.out)
     segmenter, name = _segmenter(args)
     summary = auto(args.images, args.out, segmenter, settings, polygons=args.polygons, previews_dir=args.previews,
                    polygon_tolerance=args.polygon_tolerance, polygon_min_area=args.polygon_min_area,
@@ -535,15 +537,29 @@ def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = S
     parser.add_argument("--device", default="auto")
 
 
+def _number(least: float = -math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite number, at least `least`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < least:
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number" + (f" >= {least:g}" if least > -math.inf
+                                                                                  else ""))
+        return value
+    return parse
+
+
 def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     parser.add_argument("--out", required=True, help="the COCO JSON file to write")
     parser.add_argument("--polygons", action="store_true", help="polygons instead of RLE segmentations")
     parser.add_argument("--previews", metavar="DIR", help="also write overlay previews (IMAGE.png) to DIR")
-    parser.add_argument("--polygon-tolerance", type=float, default=1.0, help="Douglas-Peucker tolerance, px")
-    parser.add_argument("--polygon-min-area", type=float, default=DEFAULT_MIN_AREA,
+    parser.add_argument("--polygon-tolerance", type=_number(0.0), default=1.0, help="Douglas-Peucker tolerance, px")
+    parser.add_argument("--polygon-min-area", type=_number(0.0), default=DEFAULT_MIN_AREA,
                         help="polygon parts and holes smaller than this many pixels are dropped")
-    parser.add_argument("--mask-threshold", type=float, default=0.0, help="logit above which a pixel is in")
+    parser.add_argument("--mask-threshold", type=_number(), default=0.0, help="logit above which a pixel is in")
     parser.add_argument("--workers", type=int, default=2, help="threads decoding images and encoding masks")
     parser.add_argument("--batch", type=int, default=None,
                         help="images encoded together (default: 4 on a GPU, 1 on the CPU)")

@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import re
 import tempfile
 import threading
@@ -288,6 +289,8 @@ def _write_atomically(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file owner-only: give it the mode the file it replaces had, or a new file's
+        os.fchmod(fd, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as out:
             out.write(_dumps(obj).encode("utf-8"))
             out.flush()
@@ -296,6 +299,32 @@ def _write_atomically(path: Path, obj: Any) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it back at once
+    os.umask(mask)
+    return mask
+
+
+def check_output(coco_out) -> Path:
+    """`coco_out` as a file the job can write (its folder created), or InputError: checked before any work, so
+    that a bad `--out` does not cost a whole run."""
+    path = Path(coco_out)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; --out names the COCO file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{path}: its folder cannot be created ({error.strerror or error})") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{path}: cannot be written (permission denied)")
+    return path
+
+
+def _previews_id(previews_dir) -> str | None:
+    """The previews folder as the job identity holds it: a run resumed with other previews starts over."""
+    return str(Path(previews_dir).resolve()) if previews_dir else None
 
 
 def _file_digest(path: Path) -> str:
@@ -524,13 +553,14 @@ def boxes_to_masks(images_dir, coco_in, coco_out, segmenter: ImageSegmenter, *, 
     missing, COCO file unreadable or malformed).
     """
     images_dir = _check_dir(images_dir)
+    check_output(coco_out)
     coco_in = Path(coco_in)
     document = _read_coco(coco_in)
     tasks, early_problems = _box_tasks(document, images_dir)
     identity = {"job": "boxes-to-masks", "format": _RECORD_FORMAT, "coco_in": _file_digest(coco_in),
                 "images_dir": str(images_dir),
                 "polygons": polygons, "tolerance": polygon_tolerance, "min_area": polygon_min_area,
-                "model": model_name, "mask_threshold": segmenter.mask_threshold}
+                "model": model_name, "mask_threshold": segmenter.mask_threshold, "previews": _previews_id(previews_dir)}
     previews = _preview_paths(Path(previews_dir), tasks, images_dir) if previews_dir else None
 
     def prepare(task: _ImageTask) -> _Loaded:
@@ -559,7 +589,7 @@ def boxes_to_masks(images_dir, coco_in, coco_out, segmenter: ImageSegmenter, *, 
         shown, boxes = [], []
         for ann, prompt, outcome in zip(loaded.prompt_annotations, loaded.prompts, outcomes):
             if isinstance(outcome, InputError):
-                problems.append(task.problem(str(outcome), ann["id"]))
+                problems.append(task.problem(f"{outcome} (COCO bbox {ann.get('bbox')})", ann["id"]))
                 continue
             annotations.append({**ann, **mask_annotation_fields(outcome, polygons, polygon_tolerance,
                                                                  polygon_min_area)})
@@ -618,6 +648,7 @@ def auto(images_dir, coco_out, segmenter: ImageSegmenter, settings: ProposalSett
     InputError when the folder is missing or holds no image.
     """
     images_dir = _check_dir(images_dir)
+    check_output(coco_out)
     if previews_dir and Path(previews_dir).resolve() == images_dir:
         raise InputError(f"{previews_dir}: the previews folder cannot be the images folder (a re-run would take "
                          f"the previews for images)")
@@ -628,7 +659,7 @@ def auto(images_dir, coco_out, segmenter: ImageSegmenter, settings: ProposalSett
     identity = {"job": "auto", "format": _RECORD_FORMAT, "images_dir": str(images_dir), "files": _digest_list(files),
                 "settings": settings.as_dict(), "polygons": polygons, "tolerance": polygon_tolerance,
                 "min_area": polygon_min_area, "category": category_name, "model": model_name,
-                "mask_threshold": segmenter.mask_threshold}
+                "mask_threshold": segmenter.mask_threshold, "previews": _previews_id(previews_dir)}
     previews = _preview_paths(Path(previews_dir), tasks, images_dir) if previews_dir else None
 
     def prepare(task: _ImageTask):
@@ -737,8 +768,10 @@ def _read_coco(path: Path) -> dict:
         raise InputError(f"{path}: 'annotations' is not a list")
     seen = set()
     for n, image in enumerate(document["images"]):
-        if not isinstance(image, dict) or not _is_id(image.get("id")) or not isinstance(image.get("file_name"), str):
-            raise InputError(f"{path}: images[{n}] needs an id (integer or string) and a file_name")
+        if not isinstance(image, dict) or not _is_id(image.get("id")):
+            raise InputError(f"{path}: images[{n}] needs an id (integer or string)")
+        if not isinstance(image.get("file_name", ""), str):
+            raise InputError(f"{path}: images[{n}] (id {image['id']!r}): file_name must be a string")
         if _key(image["id"]) in seen:
             raise InputError(f"{path}: image id {image['id']!r} appears twice")
         seen.add(_key(image["id"]))
@@ -788,7 +821,11 @@ def _sort_id(value) -> tuple:
 def _box_tasks(document: dict, images_dir: Path) -> tuple[list[_ImageTask], list[dict]]:
     """One task per image that has annotations, in image-id order; problems of annotations of unknown images."""
     tasks: dict[str, _ImageTask] = {}
+    nameless = set()
     for image in document["images"]:
+        if not image.get("file_name"):  # e.g. listed by coco_url only: fine unless it has boxes to convert
+            nameless.add(_key(image["id"]))
+            continue
         declared = None
         if isinstance(image.get("width"), int) and isinstance(image.get("height"), int):
             declared = (image["height"], image["width"])
@@ -799,6 +836,10 @@ def _box_tasks(document: dict, images_dir: Path) -> tuple[list[_ImageTask], list
         if not _is_id(ann.get("image_id")):
             problems.append(Problem(f"annotation {ann['id']}: image_id must be an integer or a string, got "
                                     f"{ann.get('image_id')!r}", None, None, ann["id"]).to_json())
+            continue
+        if _key(ann.get("image_id")) in nameless:
+            problems.append(Problem(f"annotation {ann['id']}: image {ann['image_id']!r} has no file_name in the "
+                                    f"COCO file: not read", ann["image_id"], None, ann["id"]).to_json())
             continue
         task = tasks.get(_key(ann.get("image_id")))
         if task is None:

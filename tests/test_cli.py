@@ -402,6 +402,71 @@ def test_bad_command_line_input_exits_2(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+def test_a_bad_out_or_option_fails_before_any_work(dataset, tmp_path, capsys, monkeypatch):
+    """Checked before the model loads: an --out that is a folder (or cannot be made), non-finite or negative
+    polygon options. Before, a folder as --out failed with a traceback after every image was done."""
+    coco_in, _ = dataset
+    images = str(coco_in.parent / "images")
+    monkeypatch.setattr(cli, "_segmenter", lambda args: pytest.fail("the model was loaded"))
+    (tmp_path / "outdir").mkdir()
+    for out, said in ((tmp_path / "outdir", "is a folder"), (coco_in / "x.json", "cannot be created")):
+        assert cli.main(["boxes-to-masks", images, str(coco_in), "--out", str(out), *MODEL_ARGS]) == 2
+        assert said in capsys.readouterr().err
+        assert cli.main(["auto", images, "--out", str(out), *MODEL_ARGS]) == 2
+        assert said in capsys.readouterr().err
+    for option, value in (("--polygon-tolerance", "nan"), ("--polygon-tolerance", "-3"),
+                          ("--polygon-min-area", "-5"), ("--mask-threshold", "inf")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["boxes-to-masks", images, str(coco_in), "--out", str(tmp_path / "o.json"), option, value])
+        assert exit_info.value.code == 2 and f"argument {option}: {value} is not a finite number" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_outputs_are_readable_as_any_file_the_user_writes(dataset, segmenter, tmp_path):
+    """The output is written aside and swapped in; it gets a new file's mode (mkstemp's is owner-only), or the
+    mode of the file it replaces."""
+    coco_in, _ = dataset
+    mask = os.umask(0o022)
+    os.umask(mask)
+    out = tmp_path / "masks.json"
+    boxes_to_masks(coco_in.parent / "images", coco_in, out, segmenter)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+    out.chmod(0o640)
+    boxes_to_masks(coco_in.parent / "images", coco_in, out, segmenter)
+    assert out.stat().st_mode & 0o777 == 0o640
+
+
+def test_an_image_listed_without_a_file_name_costs_only_its_own_boxes(dataset, segmenter, tmp_path):
+    coco_in, _ = dataset
+    document = json.loads(coco_in.read_text())
+    document["images"] += [{"id": 501, "coco_url": "http://images.example/501.jpg"},
+                           {"id": 502, "coco_url": "http://images.example/502.jpg"}]
+    document["annotations"].append({"id": 5021, "image_id": 502, "category_id": 1, "bbox": [1, 1, 9, 9]})
+    document["annotations"].append({"id": 5022, "image_id": 10, "category_id": 1, "bbox": [20, 20, 0, 30]})
+    coco_in.write_text(json.dumps(document))
+    out = tmp_path / "masks.json"
+    summary = boxes_to_masks(coco_in.parent / "images", coco_in, out, segmenter)
+    skipped = {p["annotation_id"]: p["reason"] for p in json.loads(out.read_text())["sam2_adapter"]["skipped"]}
+    assert "image 502 has no file_name" in skipped[5021]
+    assert "COCO bbox [20, 20, 0, 30]" in skipped[5022]  # the user's own x, y, w, h, beside the corners
+    assert summary.processed == 3 and len(json.loads(out.read_text())["images"]) == 5
+
+
+def test_resuming_with_other_previews_starts_over(dataset, segmenter, tmp_path):
+    """A run interrupted without --previews and resumed with them would leave the done images without one."""
+    coco_in, _ = dataset
+    images, out, previews = coco_in.parent / "images", tmp_path / "masks.json", tmp_path / "previews"
+
+    def interrupt(image_id):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        boxes_to_masks(images, coco_in, out, segmenter, workers=1, prefetch=1, on_image_done=interrupt)
+    summary = boxes_to_masks(images, coco_in, out, segmenter, previews_dir=previews)
+    assert summary.resumed == 0 and summary.notes
+    assert len(list(previews.iterdir())) == 3
+
+
 def test_demo_still_runs(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--images", "1", "--device", "cpu"]) == 0
     assert "box-to-mask IoU" in capsys.readouterr().out
