@@ -149,6 +149,9 @@ class ModelAdapter(dl.BaseModelAdapter):
         `mask_uri` and `click_radius` are accepted for compatibility with the studio's call and not used.
         """
         self._ready()
+        kind = _RETURN_TYPES.get(str(return_type or "segmentation").lower())
+        if kind is None:
+            raise InputError(f"return_type {return_type!r} is not one of {', '.join(_RETURN_TYPES)}")
         features, key = self._features(item)
         height, width = features.orig_hw
         coords, labels = _parse_points(points or [], width, height, f"item {item.id}")
@@ -164,12 +167,13 @@ class ModelAdapter(dl.BaseModelAdapter):
         previous = self.refinements.previous(key, box, coords, labels)
         result = self.segmenter.segment_points(features, coords, labels, box=box, mask_input=previous)
         self.refinements.remember(key, box, coords, labels, result.low_res_logits, previous)
-        mask = result.full()
-        if return_type == "polygon":
-            return [_polygon_coordinates(ring) for ring in self._polygons(result)]
+        mask, origin = result.full(), np.zeros(2)
         if box is not None:
             x1, y1, x2, y2 = (int(v) for v in box)  # truncated, as the studio's earlier SAM adapter crops
-            mask = mask[y1:y2, x1:x2]
+            mask, origin = mask[y1:y2, x1:x2], np.array([x1, y1])
+        if kind == "polygon":  # the same pixels as the segmentation, in image coordinates
+            rings = object_polygons(mask, self.settings.polygon_tolerance, self.settings.polygon_min_area)
+            return [_polygon_coordinates(ring + origin) for ring in rings]
         return mask_to_png_data_url(mask, _rgb(color))
 
     # -- video tracking ----------------------------------------------------------------------------------------
@@ -580,7 +584,11 @@ class ModelAdapter(dl.BaseModelAdapter):
         sources, failures = [], []
         for source in given:
             try:
-                sources.append(_parse_box_annotation(source))
+                annotation = _parse_box_annotation(source)
+                if annotation.item_id and item is not None and annotation.item_id != item.id:
+                    raise InputError(f"annotation {annotation.id}: belongs to item {annotation.item_id}, "
+                                     f"not {item.id}")
+                sources.append(annotation)
             except InputError as error:
                 failures.append(str(error))
 
@@ -702,6 +710,9 @@ def _box_prompt(annotation: dl.Annotation) -> BoxPrompt:
     d = annotation.annotation_definition
     return BoxPrompt(f"annotation {annotation.id}", (d.left, d.top, d.right, d.bottom), d.angle or 0.0)
 
+
+# `predict_interactive_editing`'s return types (any case): what each gives.
+_RETURN_TYPES = {"segmentation": "segmentation", "binary": "segmentation", "polygon": "polygon", "segment": "polygon"}
 
 # Item versions whose image digest `ModelAdapter._features` remembers (about 200 bytes each).
 _VERSIONS_KEPT = 16_384

@@ -163,6 +163,7 @@ def test_bad_boxes_are_reported_by_id_and_the_rest_come_back(adapter, scenes, ca
         box_json("outside", [w + 5, 0, w + 40, 30]),
         {"id": "a-point", "type": "point", "label": "x", "coordinates": [{"x": 1, "y": 1}], "metadata": {}},
         {"id": "garbage"},
+        {**box_json("elsewhere", scene.boxes[2]), "itemId": "another-item"},  # drawn on another image
         box_json("good-2", scene.boxes[1]),
     ]
     progress = Progress()
@@ -170,12 +171,13 @@ def test_bad_boxes_are_reported_by_id_and_the_rest_come_back(adapter, scenes, ca
         out = adapter.box_to_segmentation(item=item, annotations=annotations, progress=progress)
     assert [a["id"] for a in out] == ["good", "good-2"]
     (message,) = progress.messages
-    assert message.startswith("5 of 7 annotations gave no segmentation")
-    for bad in ("nan-box", "zero-area", "outside", "a-point", "garbage"):
+    assert message.startswith("6 of 8 annotations gave no segmentation")
+    assert "annotation elsewhere: belongs to item another-item, not item-bad" in message
+    for bad in ("nan-box", "zero-area", "outside", "a-point", "garbage", "elsewhere"):
         assert bad in caplog.text and bad in message, f"{bad} is not reported"
     # nothing but bad annotations: still reported, not just logged
     progress = Progress()
-    assert adapter.box_to_polygon(item=item, annotations=annotations[-3:-1], progress=progress) == []
+    assert adapter.box_to_polygon(item=item, annotations=annotations[-4:-2], progress=progress) == []
     assert "a-point" in progress.messages[0] and "garbage" in progress.messages[0]
 
 
@@ -268,8 +270,15 @@ def test_interactive_editing_returns_the_box_crop_and_refines(adapter, scenes):
     # the same clicks again (the studio retrying, or asking for polygons): the same mask, not one without history
     again = png_data_url_to_mask(adapter.predict_interactive_editing(item=item, points=[click, outside], bb=bb))
     assert np.array_equal(again, second)
-    polygons = adapter.predict_interactive_editing(item=item, points=[click], bb=bb, return_type="polygon")
+    # polygons (any case of the name) are the same pixels as the segmentation, cut to the box, in image pixels
+    polygons = adapter.predict_interactive_editing(item=item, points=[click, outside], bb=bb, return_type="Polygon")
     assert polygons and all({"x", "y"} <= set(p[0]) for p in polygons)
+    filled = polygons_to_mask([[(p["x"], p["y"]) for p in ring] for ring in polygons], *scene.image.shape[:2])
+    assert not filled[~np.pad(np.ones_like(second), ((rows.start, scene.image.shape[0] - rows.stop),
+                                                      (cols.start, scene.image.shape[1] - cols.stop)))].any()
+    assert mask_iou(filled[rows, cols], second) >= 0.98
+    with pytest.raises(InputError, match="return_type 'outline' is not one of segmentation, binary, polygon"):
+        adapter.predict_interactive_editing(item=item, points=[click], bb=bb, return_type="outline")
 
 
 def test_a_new_item_version_encodes_again_only_when_the_image_changed(adapter, scenes, monkeypatch):
