@@ -432,12 +432,18 @@ def _write_overlay(path: Path, video: FrameSource, track: _Track, prompt_frame: 
 
 
 def _check_track_out(out: Path) -> None:
-    """Fails (before the model loads) where the outputs would replace something a track run did not write."""
+    """Fails (before the model loads) where the outputs cannot be written or would replace something a track run
+    did not write."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     if (out / _MASKS).exists() and not (out / _RECORD).is_file():
         raise InputError(f"--out {out}: holds a {_MASKS} folder without a {_RECORD} beside it (not written by "
                          f"sam2-adapter track); choose another --out or remove it")
+    nearest = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
+    if not nearest.is_dir():
+        raise InputError(f"--out {out}: cannot be created ({nearest} is not a folder)")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: cannot be written ({nearest}: permission denied)")
 
 
 def _overlay_path(value: str, out: Path) -> Path:
@@ -485,6 +491,8 @@ def run_track(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_track_out(out)
     overlay = None if args.no_overlay else _overlay_path(args.overlay, out)
+    if overlay is not None and overlay.resolve() == Path(args.video).resolve():
+        raise InputError(f"--overlay {args.overlay}: is the input video; name another file")
     with open_video(args.video) as video:
         start = video.check_index(args.frame, "--frame")
         prompt_frame = video.read(start)  # decoded again by the tracker; here so that a bad one fails before loading
@@ -499,7 +507,10 @@ def run_track(args: argparse.Namespace) -> int:
                 print(f"note: --box {box.text!r} reaches outside the {video.width}x{video.height} frame: "
                       f"clamped to {','.join(f'{v:g}' for v in clamped.tolist())}")
         model, model_name = _load_model(args)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"--out {out}: cannot be created ({error.strerror or error})") from None
         partial = out / f"{_MASKS}.partial"
         shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
         began = time.perf_counter()

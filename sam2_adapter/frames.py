@@ -478,8 +478,9 @@ class ImageFolderSource(FrameSource):
         self.name = name or os.path.basename(os.path.normpath(self.folder))
         if not os.path.isdir(self.folder):
             raise InputError(f"frame folder {self.name} not found")
-        files = [n for n in os.listdir(self.folder)
-                 if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(self.folder, n))]
+        files = [n for n in os.listdir(self.folder)  # not hidden ones (macOS leaves ._name copies on shared drives)
+                 if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS and not n.startswith(".")
+                 and os.path.isfile(os.path.join(self.folder, n))]
         if not files:
             raise InputError(f"frame folder {self.name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.files = sorted(files, key=_natural_key)
@@ -707,7 +708,8 @@ def _probe(url: str, safe: str, headers: Mapping[str, str], timeout: float) -> t
 
 
 class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects, dropping the caller's headers (its token) when a redirect leaves the original host."""
+    """Follows redirects, dropping the caller's headers (its token) when a redirect leaves the original host, or
+    goes from https to plain http."""
 
     def __init__(self, header_names):
         super().__init__()
@@ -715,7 +717,8 @@ class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+        to, since = urllib.parse.urlsplit(newurl), urllib.parse.urlsplit(req.full_url)
+        if new is not None and (to.netloc != since.netloc or (since.scheme == "https" and to.scheme != "https")):
             for name in list(new.headers):
                 if name.lower() in self.header_names:
                     del new.headers[name]

@@ -446,7 +446,7 @@ class VideoTracker:
                         log.info("tracking cancelled before frame %d", frame.index)
                         return
                     result = self._track_frame(frame, reverse, start_frame, new_pass, chosen)
-                    new_pass = False
+                    new_pass = new_pass and result.skipped  # a skipped frame is not tracked: the pass begins later
                     if result.skipped:
                         report.skipped.append((frame.index, result.error))
                         log.warning("%s", result.error)

@@ -360,6 +360,12 @@ def test_bad_videos_and_outputs_exit_2(no_model, video, tmp_path, capsys):
     assert cli.main(["track", str(video), "--out", str(foreign), "--box", "1,1,9,9"]) == 2
     assert "not written by sam2-adapter track" in capsys.readouterr().err
     assert (foreign / "masks").is_dir()  # left alone
+    assert cli.main(["track", str(video), "--out", str(tmp_path / "file" / "sub"), "--box", "1,1,9,9"]) == 2
+    assert "cannot be created" in capsys.readouterr().err  # was a traceback, after the model loaded
+    before = video.read_bytes()
+    assert cli.main(["track", str(video), "--out", str(tmp_path / "out"), "--box", "1,1,9,9",
+                     "--overlay", str(video)]) == 2
+    assert "is the input video" in capsys.readouterr().err and video.read_bytes() == before
     with pytest.raises(SystemExit) as exit_info:  # argparse: a required option missing
         cli.main(["track", str(video), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2

@@ -139,6 +139,7 @@ def test_folder_numeric_order_non_square_and_prepare_in_reader_thread(tmp_path):
     frames = _frames(12)
     for i, frame in enumerate(frames):  # 0.png .. 11.png: numeric order, not string order
         cv2.imwrite(str(tmp_path / f"{i}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    (tmp_path / "._0.png").write_bytes(b"\x00\x05\x16\x07")  # a macOS AppleDouble file: not a frame
     video = open_video(tmp_path)
     assert isinstance(video, ImageFolderSource)
     assert (video.num_frames, video.height, video.width) == (12, H, W)
@@ -397,6 +398,9 @@ def test_redirect_to_another_host_drops_the_token():
     assert other.headers.get("Accept") == "*/*"
     same = handler.redirect_request(request, None, 302, "Found", {}, "http://127.0.0.1:9/b.mp4")
     assert same.headers.get("Authorization") == "t"
+    secure = urllib.request.Request("https://127.0.0.1:9/a.mp4", headers={"Authorization": "t"})
+    downgraded = handler.redirect_request(secure, None, 302, "Found", {}, "http://127.0.0.1:9/a.mp4")
+    assert "Authorization" not in downgraded.headers  # not in clear text, even to the same host
 
 
 def test_http_errors_name_the_url_without_secrets(server, caplog):

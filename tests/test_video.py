@@ -325,6 +325,24 @@ def test_a_pass_tracks_only_the_objects_it_is_asked_for(ours, folder3, clip3):
             if a.visible:
                 assert np.array_equal(a.mask(), b.mask())
 
+def test_a_pass_whose_first_frame_is_skipped_does_not_join_the_pass_before(ours, clip3, tmp_path):
+    """Frames never tracked stay so when a pass begins on an undecodable frame: a click there is a first
+    prompt, not a correction decoded against a memory that never covered it."""
+    write_jpeg_folder(clip3.frames, tmp_path)
+    (tmp_path / "00006.jpg").write_bytes(b"not a jpeg")
+    box = mask_box(clip3.masks[0, 0])
+    ys, xs = np.nonzero(clip3.masks[4, 0])
+    click = np.array([[xs.mean(), ys.mean()]], np.float32)
+    with VideoTracker(ours, tmp_path) as tracker, VideoTracker(ours, tmp_path) as fresh:
+        tracker.add_box(0, 0, box)
+        list(tracker.propagate(max_frames=3))
+        assert [r.skipped for r in tracker.propagate(start_frame=6, max_frames=3)] == [True, False, False]
+        again = tracker.add_points(0, 4, click, [1])
+        fresh.add_box(0, 0, box)
+        first = fresh.add_points(0, 4, click, [1])
+    assert again.object_score == first.object_score and np.array_equal(again.mask(), first.mask())
+
+
 def test_correction_outside_the_memory_window(ours, tmp_path):
     """A correction on a frame whose output has left the window: its memory-conditioned prediction is recomputed
     from what the object still has, the clicks are decoded on top of it, and the frame becomes a prompt."""
