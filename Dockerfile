@@ -24,10 +24,13 @@ ARG TORCH_INDEX_URL=""
 
 # Dataloop's runner images run as uid 1000 with HOME=/tmp and work in /tmp/app (their own app images install with
 # --user there and keep weights under /tmp/app); the base images have that user already, a generic base gets one.
+# The Dataloop base image installs its own torch with --user as root into /tmp/.local: uid 1000 is given it, so
+# that the pinned torch can replace it. The checkpoint cache is writable by whichever uid the platform runs.
 USER root
 RUN (getent passwd 1000 >/dev/null || useradd --uid 1000 --home-dir /tmp --no-create-home --shell /bin/sh runner) \
-    && mkdir -p /tmp/app /opt/sam2-adapter/checkpoints \
-    && chown -R 1000 /tmp/app /opt/sam2-adapter
+    && mkdir -p /tmp/app /tmp/.local /opt/sam2-adapter/checkpoints \
+    && chown -R 1000 /tmp/app /tmp/.local /opt/sam2-adapter \
+    && chmod 1777 /opt/sam2-adapter/checkpoints
 
 USER 1000
 ENV HOME=/tmp \
@@ -57,9 +60,10 @@ COPY --chown=1000 sam2_adapter/ ./sam2_adapter/
 COPY --chown=1000 assets/ ./assets/
 
 # Fail the build, not the first execution, when the image is wrong: the pinned torch must be the one imported,
-# and the adapter must import. dtlpy writes state on import, so it gets a throwaway HOME/DATALOOP_PATH here.
+# and the adapter must import. dtlpy writes state on import, so it gets a throwaway HOME/DATALOOP_PATH here
+# (PYTHONUSERBASE keeps the --user installs above in sight: Python finds them through HOME otherwise).
 RUN PY="${DL_PYTHON_EXECUTABLE:-python3}" \
-    && HOME=/tmp/build-check DATALOOP_PATH=/tmp/build-check/.dataloop "$PY" -c "\
+    && PYTHONUSERBASE=/tmp/.local HOME=/tmp/build-check DATALOOP_PATH=/tmp/build-check/.dataloop "$PY" -c "\
 import re, torch, sam2, model_adapter; \
 pin = re.search(r'^torch\s*==\s*([^\s;#]+)', open('requirements.txt').read(), re.M); \
 got = torch.__version__.split('+')[0]; \
@@ -73,4 +77,4 @@ RUN if [ -n "$CHECKPOINT" ]; then \
         "${DL_PYTHON_EXECUTABLE:-python3}" -c "import os; from sam2_adapter.models import resolve_checkpoint, spec_for; print(resolve_checkpoint(spec_for(os.environ['CHECKPOINT'])))"; \
     fi
 
-# No CMD/ENTRYPOINT: the base image's entrypoint starts the Dataloop agent.
+# No CMD/ENTRYPOINT: the platform starts the Dataloop agent in its runner images.
