@@ -290,7 +290,8 @@ class ModelAdapter(dl.BaseModelAdapter):
         for track, object_id in zip(tracks, _object_ids(tracks)):
             seen = track.keep_drawn or any(score is not None for score in track.scores.values())
             if not track.keep_drawn:  # SAM 2's result stands for the drawing: say where it has none
-                failures += [f"annotation {track.source.id}, frame {t}: SAM 2 finds no object where it is drawn"
+                kept = " (the annotation is kept, not replaced)" if self.settings.replace_boxes else ""
+                failures += [f"annotation {track.source.id}, frame {t}: SAM 2 finds no object where it is drawn{kept}"
                              for t in sorted(track.drawn) if track.scores.get(t) is None]
             if not seen:
                 failures.append(f"annotation {track.source.id}: SAM 2 finds the object on no frame (nothing returned)")
@@ -511,6 +512,9 @@ class ModelAdapter(dl.BaseModelAdapter):
                                                         kinds=kinds)
             failures += problems
             builder.annotations.extend(annotation for _, annotation in tracked)
+            # a drawing SAM 2 does not reproduce would be lost with its annotation: `replace_boxes` keeps those
+            builder.sam2_keep_sources = frozenset(track.source.id for track in prepared.tracks
+                                                  if any(track.scores.get(t) is None for t in track.drawn))
         elif not failures:
             self._report(item, f"item {item.id}: no box, polygon or mask annotations to track (skipped; "
                                f"no proposals on videos)")
@@ -535,44 +539,39 @@ class ModelAdapter(dl.BaseModelAdapter):
         self.report.append({"item": item.id, "message": message})
 
     def _upload_model_annotations(self, item: dl.Item, predictions):
-        """Stores an item's results in place of this model's earlier results of the same sources (and of its
-        earlier proposals, when it proposes), then, with `replace_boxes`, deletes each source whose results were
-        all stored.
+        """Stores an item's results, then deletes this model's earlier results that they replace (those of the same
+        source annotations, and earlier proposals when these are proposals) and, with `replace_boxes`, the sources,
+        each only where all its new results were stored.
 
         Not the base class's way, which first deletes every earlier result of the model on the item: those of
         boxes an earlier run replaced went too (a box added later, or proposals asked for later, cost the item
-        all its masks), items skipped or failed lost theirs, and an error in one item's upload failed its whole
-        batch. Here an item that is skipped or fails keeps what it had, and an error is reported with the item
-        and costs the other items nothing."""
+        all its masks), items skipped or failed lost theirs, a refused upload left nothing, and an error in one
+        item's upload failed its whole batch. Here what is not replaced is kept, and an error is reported with the
+        item and costs the other items nothing."""
         if getattr(predictions, "sam2_untouched", False):
             return predictions
         try:
-            self._delete_replaced_results(item, predictions)
+            earlier = [a for a in item.annotations.list() if _made_by(a, self.model_entity.name)]
             uploaded = item.annotations.upload(annotations=predictions)
             stored = list(uploaded)
         except Exception as error:  # noqa: BLE001 - reported per item; the batch goes on
             self._report(item, f"item {item.id}: results could not be stored ({type(error).__name__}: {error}); "
                                f"its annotations are left as they were")
             return item.annotations.builder()
+        wanted = collections.Counter(_source_id(a) or _PROPOSALS for a in predictions)
+        got = collections.Counter(_source_id(a) or _PROPOSALS for a in stored)
+        complete = {source for source in wanted if got[source] == wanted[source]}
         if len(stored) < len(predictions):
             self._report(item, f"item {item.id}: {len(predictions) - len(stored)} of {len(predictions)} results were "
-                               f"not stored (see the log); the boxes they came from are kept")
+                               f"not stored (see the log); the earlier results and the sources they replace are kept")
+        for annotation in earlier:
+            if (_source_id(annotation) or (_PROPOSALS if _sam2(annotation).get("proposal") else None)) in complete:
+                _delete_annotation(item, annotation.id)
         if self.settings.replace_boxes:
-            wanted = collections.Counter(_source_id(a) for a in predictions)
-            got = collections.Counter(_source_id(a) for a in stored)
-            for source in sorted(s for s in wanted if s and got[s] == wanted[s]):
+            kept = getattr(predictions, "sam2_keep_sources", frozenset())
+            for source in sorted(complete - {_PROPOSALS} - kept):
                 _delete_annotation(item, source)
         return uploaded
-
-    def _delete_replaced_results(self, item: dl.Item, predictions) -> None:
-        """Deletes this model's earlier results on `item` that `predictions` replace: those of the same source
-        annotations, and earlier proposals when `predictions` are proposals."""
-        sources = {_source_id(a) for a in predictions} - {None}
-        proposing = any(_sam2(a).get("proposal") for a in predictions)
-        for earlier in item.annotations.list():
-            if _made_by(earlier, self.model_entity.name) and (
-                    _source_id(earlier) in sources or (proposing and _sam2(earlier).get("proposal"))):
-                _delete_annotation(item, earlier.id)
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _boxes_to_annotations(self, item: dl.Item, annotations: Iterable[dict], kind: str, progress) -> list:
@@ -710,6 +709,9 @@ def _box_prompt(annotation: dl.Annotation) -> BoxPrompt:
     d = annotation.annotation_definition
     return BoxPrompt(f"annotation {annotation.id}", (d.left, d.top, d.right, d.bottom), d.angle or 0.0)
 
+
+# The source of proposals, in `_upload_model_annotations`' counts (they have no source annotation).
+_PROPOSALS = object()
 
 # `predict_interactive_editing`'s return types (any case): what each gives.
 _RETURN_TYPES = {"segmentation": "segmentation", "binary": "segmentation", "polygon": "polygon", "segment": "polygon"}

@@ -531,6 +531,29 @@ def test_reruns_replace_only_the_results_of_what_they_convert_again(adapter, sce
     assert platform.cleaned == [], "nothing is deleted by the base class's blanket filter"
 
 
+def test_a_rerun_whose_upload_is_refused_keeps_the_earlier_results(adapter, scenes, platform, monkeypatch):
+    """Earlier results are deleted only once their replacements are stored: a re-run whose upload is refused,
+    whole or in part, leaves every source with one result, the new one or the earlier one."""
+    configure(adapter, monkeypatch, replace_boxes=False)
+    scene = scenes[5]
+    found = [k for k, r in enumerate(core_masks(adapter, scene)) if r.area]
+    item = platform.item("refused", scene.image, boxes=[box_json(f"f-{k}", scene.boxes[k]) for k in found])
+    adapter.predict_items([item])
+    first = {j["id"] for j in platform.stored["refused"] if j["type"] == "binary"}
+    assert platform.results("refused") == sorted(("binary", f"f-{k}") for k in found)
+    platform.stored_limit = 2  # a chunk refused: two of the new results stored
+    adapter.predict_items([item])
+    platform.stored_limit = None
+    assert platform.results("refused") == sorted(("binary", f"f-{k}") for k in found)
+    assert len(first & {j["id"] for j in platform.stored["refused"]}) == len(found) - 2
+    upload = dl.repositories.Annotations.upload
+    monkeypatch.setattr(dl.repositories.Annotations, "upload", lambda repo, annotations, **kwargs: (_ for _ in ()).throw(
+        dl.exceptions.InternalServerError("500", "refused")))
+    adapter.predict_items([item])
+    monkeypatch.setattr(dl.repositories.Annotations, "upload", upload)
+    assert platform.results("refused") == sorted(("binary", f"f-{k}") for k in found)
+
+
 def test_results_not_stored_keep_their_boxes_and_an_upload_error_costs_only_its_item(adapter, scenes, platform,
                                                                                     monkeypatch):
     """dtlpy's upload drops a chunk that fails and returns what was stored: only the boxes whose results were

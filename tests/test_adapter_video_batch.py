@@ -387,6 +387,24 @@ def test_object_found_nowhere_is_reported_and_its_source_kept(adapter, clip, vid
     platform.assert_clean()
 
 
+def test_replace_boxes_keeps_an_annotation_whose_drawing_sam2_does_not_reproduce(adapter, clip, video, platform,
+                                                                               configure):
+    """With replace_boxes, a masklet stands for its source, drawn frames included: where SAM 2 finds nothing on a
+    drawn frame, the drawing would be lost with the source, so the source is kept (and said so)."""
+    configure(mask_threshold=4.0, replace_boxes=True, video_max_frames=3)
+    item = platform.video_item("vb-unmatched", video)
+    empty = np.argwhere(~clip.masks.any(axis=(0, 1))[:-4, :-4])
+    y, x = (int(v) for v in empty[0])  # a 3 px box on the background of every frame
+    drawn = {3: box_of(clip.masks[3, 0], "car"), 8: dl.Box(left=x, top=y, right=x + 3, bottom=y + 3, label="car")}
+    platform.stored[item.id] = [video_annotation(item, "A", drawn)]
+    adapter.report.clear()
+    adapter.predict_items([item])
+    assert len(platform.uploaded[item.id]) == 1, "the masklet is stored"
+    assert platform.deleted.get(item.id, []) == [], "its source, with the drawing on frame 8, is kept"
+    assert any("annotation A, frame 8: SAM 2 finds no object where it is drawn (the annotation is kept" in line["message"]
+               for line in adapter.report), list(adapter.report)
+
+
 def test_temporary_video_is_deleted_when_an_item_fails(adapter, clip, video, scenes, platform, monkeypatch):
     """An unexpected error while one video is tracked, or while another downloads, costs that item only, and
     nothing downloaded is left behind."""
