@@ -10,6 +10,7 @@ import bisect
 import collections
 import copy
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -308,7 +309,8 @@ class ModelAdapter(dl.BaseModelAdapter):
         own span in each direction, as definitions of each of its `kinds` (drawn frames too, unless it keeps them
         as drawn). Returns the frames that could not be decoded or were never reached."""
         for track in tracks:
-            track.spans = _tracking_spans(sorted(track.drawn), direction, max_frames, tracker.num_frames)
+            track.spans = _tracking_spans(sorted(track.drawn), direction, max_frames, tracker.num_frames,
+                                          [t for t in track.hidden if t < tracker.num_frames])
         skipped = []
         for going, frame in self._propagate(tracker, _tracking_passes(tracks), progress, skipped):
             t = frame.frame_idx
@@ -323,7 +325,7 @@ class ModelAdapter(dl.BaseModelAdapter):
                 track.scores[t] = obj.object_score if obj.visible else None
                 if track.keep_drawn and t in track.drawn:
                     continue
-                values = track.drawn_before(t)
+                values = track.key_before(t)
                 track.tracked[t] = {kind: self._tracked_definition(obj, kind, values.label, values.attributes)
                                     for kind in track.kinds}
         return skipped
@@ -378,8 +380,14 @@ class ModelAdapter(dl.BaseModelAdapter):
         The drawn frames go in first: dtlpy wants every frame's definition to be an instance of the first one's
         class, and a tracked mask (`CroppedSegmentation`) is a `dl.Segmentation`, not the other way round."""
         frames = {t: definitions[kind] for t, definitions in track.tracked.items()}
+        earlier = {}
         if track.keep_drawn:
             frames.update(track.drawn)
+            # the annotation is replaced in place: frames of earlier runs this one did not reach stay as they were
+            source = track.source.frames
+            earlier = {int(t): source[t] for t in source.actual_keys()
+                       if int(t) not in frames and int(t) not in track.hidden}
+            frames.update({t: f.annotation_definition if f.object_visible else None for t, f in earlier.items()})
         frames.update(dict.fromkeys(track.hidden))  # the user's "not visible here" stands over SAM 2's result
         visible = sorted(t for t, definition in frames.items() if definition is not None)
         if not visible:
@@ -394,11 +402,12 @@ class ModelAdapter(dl.BaseModelAdapter):
             confidence = float(np.mean(1.0 / (1.0 + np.exp(-np.asarray(scores))))) if scores else 0.0
             model_info = {"name": self._model_label, "confidence": round(confidence, 4)}
         builder = item.annotations.builder()
-        order = sorted((t for t in frames if t >= visible[0]), key=lambda t: (t not in track.drawn, t))
+        order = sorted((t for t in frames if t >= visible[0] or t in track.hidden),  # the user's own frames stay
+                       key=lambda t: (t not in track.drawn, t))
         for t in order:
             definition = frames[t]
             if definition is None:
-                values = track.drawn_before(t)
+                values = earlier[t].annotation_definition if t in earlier else track.key_before(t)
                 definition = _absent_definition(kind, values.label, values.attributes, image_hw)
             builder.add(annotation_definition=definition, object_id=object_id, frame_num=t,
                         fixed=t in track.drawn or t in track.hidden,
@@ -770,7 +779,8 @@ class VideoTrack:
 
     key: the tracker's object id (the annotation's id).
     drawn: {frame: definition} where the annotation is drawn: the prompts.
-    hidden: frames where the user marked the object not visible (fixed, not visible): it stays absent there.
+    hidden: {frame: definition} where the user marked the object not visible (fixed, not visible): it stays
+        absent there, with that frame's label and attributes.
     kinds: the annotation types it comes back as (its own type for `track_video`; the job's output in batch jobs).
     keep_drawn: the drawn frames come back as drawn (`track_video`), not as SAM 2's result there (batch jobs).
     spans: {direction: (first, last)} frames this annotation takes from the passes in that direction.
@@ -782,7 +792,7 @@ class VideoTrack:
     key: str
     source: dl.Annotation
     drawn: dict[int, Any]
-    hidden: frozenset[int] = frozenset()
+    hidden: dict[int, Any] = field(default_factory=dict)
     kinds: tuple[str, ...] = ()
     keep_drawn: bool = True
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -793,11 +803,13 @@ class VideoTrack:
     def type(self) -> str:
         return self.source.type
 
-    def drawn_before(self, frame: int):
-        """The drawn definition that a tracked frame takes its label and attributes from: the latest drawn frame
-        before it (the first one for frames before every drawn frame), as dtlpy carries a frame's values on."""
-        frames = sorted(self.drawn)
-        return self.drawn[frames[max(bisect.bisect_right(frames, frame) - 1, 0)]]
+    def key_before(self, frame: int):
+        """The key frame's definition that a frame takes its label and attributes from: the latest drawn or
+        not-visible key frame at or before it (the first one for frames before every key frame), as dtlpy carries
+        a frame's values on."""
+        keys = {**self.drawn, **self.hidden}
+        frames = sorted(keys)
+        return keys[frames[max(bisect.bisect_right(frames, frame) - 1, 0)]]
 
 
 def _check_video_item(item: dl.Item) -> None:
@@ -862,31 +874,35 @@ def _drawn_frames(annotation: dl.Annotation) -> dict[int, Any]:
         return {first: annotation.annotation_definition}
     drawn = {int(t): frames[t].annotation_definition for t in sorted(frames.actual_keys())
              if frames[t].fixed and frames[t].object_visible}
-    # A first frame that an earlier run tracked (dtlpy reads it back as fixed) is no drawing, unless edited since.
+    # The first frame of an earlier run's result, when SAM 2 tracked it, is no drawing (dtlpy reads it back as
+    # fixed) unless the user has edited it since.
     start = (((annotation.metadata or {}).get("user") or {}).get("sam2") or {}).get("start")
-    if (isinstance(start, dict) and start.get("frame") == first and first in drawn and len(drawn) > 1
-            and _shape_digest(drawn[first]) == start.get("shape")):
-        del drawn[first]
+    started = start.get("frame") if isinstance(start, dict) else None
+    if started in drawn and len(drawn) > 1 and _shape_digest(drawn[started]) == start.get("shape"):
+        del drawn[started]  # still SAM 2's, though a frame drawn before it may have come since
     if not drawn:
         raise InputError(f"annotation {annotation.id}: no frame where it is drawn (fixed and visible)")
     return drawn
 
 
 def _shape_digest(definition) -> str:
-    """A digest of one frame's shape (to a tenth of a pixel for boxes and polygons, every pixel for masks)."""
+    """A digest of one frame's shape (to a tenth of a pixel for boxes and polygons, every pixel for masks), label
+    and attributes: an edit of any of them makes the frame the user's."""
     if definition.type == dl.AnnotationType.BOX:
         data = np.round([definition.left, definition.top, definition.right, definition.bottom], 1)
     elif definition.type == dl.AnnotationType.POLYGON:
         data = np.round(np.asarray(definition.geo, np.float64), 1)
     else:
         data = np.packbits(np.asarray(copy.copy(definition).geo) > 0)  # a copy: see `_tracker_prompt`
-    return hashlib.sha1(np.ascontiguousarray(data, dtype=data.dtype).tobytes()).hexdigest()[:16]
+    values = json.dumps([definition.label, definition.attributes], sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha1(np.ascontiguousarray(data, dtype=data.dtype).tobytes() + values).hexdigest()[:16]
 
 
-def _hidden_frames(annotation: dl.Annotation) -> frozenset[int]:
-    """The frames where the user marked the object not visible: key frames (fixed) without the object."""
+def _hidden_frames(annotation: dl.Annotation) -> dict[int, Any]:
+    """{frame: definition} where the user marked the object not visible: key frames (fixed) without the object."""
     frames = annotation.frames
-    return frozenset(int(t) for t in frames.actual_keys() if frames[t].fixed and not frames[t].object_visible)
+    return {int(t): frames[t].annotation_definition for t in frames.actual_keys()
+            if frames[t].fixed and not frames[t].object_visible}
 
 
 def _add_video_prompts(tracker: VideoTracker, tracks: list[VideoTrack]) -> list[str]:
@@ -918,22 +934,24 @@ def _add_video_prompts(tracker: VideoTracker, tracks: list[VideoTrack]) -> list[
     return failures
 
 
-def _tracking_spans(drawn: Sequence[int], direction: str, max_frames: int | None,
-                    num_frames: int) -> dict[str, tuple[int, int]]:
+def _tracking_spans(drawn: Sequence[int], direction: str, max_frames: int | None, num_frames: int,
+                    hidden: Sequence[int] = ()) -> dict[str, tuple[int, int]]:
     """The frames an annotation drawn on the sorted frames `drawn` takes from each direction's passes.
 
     Forward: from its first drawn frame to `max_frames - 1` frames past its last one; backward: the mirror
     image. With "both", the backward passes start on the frame before the first drawn one (the forward passes
-    cover the rest), as SAM 2's video predictor does."""
+    cover the rest), as SAM 2's video predictor does. A frame in `hidden` (marked not visible) beyond that reach
+    widens the span to it: frames between key frames are always tracked (dtlpy would repeat the last tracked
+    shape over frames left out)."""
     first, last = drawn[0], drawn[-1]
     reach = num_frames if max_frames is None else max_frames - 1
     spans = {}
     if direction in ("forward", "both"):
-        spans["forward"] = (first, min(last + reach, num_frames - 1))
+        spans["forward"] = (first, max([min(last + reach, num_frames - 1)] + [t for t in hidden if t > last]))
     if direction == "backward":
-        spans["backward"] = (max(first - reach, 0), last)
-    elif direction == "both" and reach > 0 and first > 0:
-        spans["backward"] = (max(first - reach, 0), first - 1)
+        spans["backward"] = (min([max(first - reach, 0)] + [t for t in hidden if t < first]), last)
+    elif direction == "both" and (reach > 0 or any(t < first for t in hidden)) and first > 0:
+        spans["backward"] = (min([max(first - reach, 0)] + [t for t in hidden if t < first]), first - 1)
     return spans
 
 
@@ -997,9 +1015,12 @@ def _studio_definition(annotation_id, coordinates, frame: int):
     points, angle = coordinates, 0.0
     if isinstance(points, list) and points and isinstance(points[0], list):
         points = points[0]
-    if (isinstance(points, list) and len(points) == 3 and isinstance(points[2], (int, float))
-            and not isinstance(points[2], bool)):
-        points, angle = points[:2], float(points[2])
+    if isinstance(points, list) and len(points) == 3 and not isinstance(points[2], (dict, bool)):
+        try:  # a number, or a string of one as other coordinates may come
+            points, angle = points[:2], float(points[2])
+        except (TypeError, ValueError):
+            raise InputError(f"annotation {annotation_id}, frame {frame}: a rotated box's angle must be a number, "
+                             f"got {points[2]!r}") from None
     try:
         xy = np.array([[float(p["x"]), float(p["y"])] for p in points], dtype=np.float64).reshape(-1, 2)
     except (KeyError, TypeError, ValueError):

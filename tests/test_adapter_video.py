@@ -365,6 +365,48 @@ def test_a_rerun_takes_only_the_users_frames_as_drawn(adapter, clip, video, plat
     (track,), _ = model_adapter._video_tracks(item, [json.loads(json.dumps(edited.to_json()))])
     assert sorted(track.drawn) == [first, 6]
 
+def test_data_engine_rounds_keep_what_the_user_did(adapter, clip, video, platform):
+    """Several rounds of SAM 2's data engine on one annotation, each read back as the studio reads it: a label
+    changed on SAM 2's first frame, a key frame added before it, a frame marked not visible with its own label,
+    and a re-run over fewer frames, which must not drop the frames an earlier round tracked."""
+    item = platform.item("vid-rounds", video)
+    source = video_annotation(item, "rounds", {6: box_of(clip.masks[6, 0], "car", {"occluded": False})})
+    (result,) = adapter.track_video(item=item, annotations=[source], direction="backward", max_frames=4)
+    first = read_back(result, item).start_frame
+    assert first == 3
+    # a new label on SAM 2's first frame (its shape untouched) makes it the user's
+    relabelled = read_back(result, item)
+    relabelled.frames[first].annotation_definition.label = "truck"
+    (track,), _ = model_adapter._video_tracks(item, [json.loads(json.dumps(relabelled.to_json()))])
+    assert sorted(track.drawn) == [first, 6]
+    # a key frame drawn before SAM 2's first frame: that frame is still SAM 2's, not a drawing
+    earlier = read_back(result, item)
+    earlier.add_frame(annotation_definition=box_of(clip.masks[0, 0], "car", {"occluded": False}), frame_num=0,
+                      fixed=True)
+    (track,), _ = model_adapter._video_tracks(item, [json.loads(json.dumps(earlier.to_json()))])
+    assert sorted(track.drawn) == [0, 6]
+    # round 2, forward over all frames; a frame marked not visible, with its own label, far past max_frames
+    hidden = box_of(clip.masks[6, 0], "person", {"occluded": True})
+    source = video_annotation(item, "rounds", {0: box_of(clip.masks[0, 0], "car", {"occluded": False})})
+    (whole,) = adapter.track_video(item=item, annotations=[source], direction="forward")
+    earlier = read_back(whole, item)
+    whole = read_back(whole, item)
+    for t in (5, 8):
+        whole.add_frame(annotation_definition=hidden, frame_num=t, fixed=True, object_visible=False)
+    (result,) = adapter.track_video(item=item, annotations=[json.loads(json.dumps(whole.to_json()))],
+                                    direction="forward", max_frames=3)
+    frames = frames_of(read_back(result, item))
+    assert sorted(frames) == list(range(T)), "frames of the earlier round past this one's reach are kept"
+    assert all(not frames[t].fixed for t in (1, 2, 3, 4, 6, 7)), "frames up to the last key frame are tracked"
+    for t in (5, 8):
+        assert frames[t].fixed and not frames[t].object_visible
+        assert (frames[t].label, frames[t].attributes) == ("person", {"occluded": True})
+    assert [frames[t].label for t in (6, 7)] == ["person"] * 2, "a tracked frame takes the latest key frame's values"
+    for t in (9, 10, 11):  # beyond this run: the earlier round's, as it was
+        assert not frames[t].fixed and frames[t].label == "car"
+        assert (frames[t].left, frames[t].top) == (earlier.frames[t].left, earlier.frames[t].top)
+
+
 def test_absent_frames_are_not_visible_and_hold_no_geometry(adapter, clip, video, platform, monkeypatch):
     """A mask threshold no logit reaches makes SAM 2 find nothing on any tracked frame: every one of them must be
     marked absent, with nothing copied from the drawn frame, in every type."""
@@ -492,6 +534,9 @@ def test_studio_tracker_takes_rotated_boxes_defaults_and_names_bad_input(adapter
         else:
             assert coordinates is None
     assert any("annotation bad" in m for m in progress.messages), "a dropped prompt is named to the annotator"
+    as_strings = [{"x": str(box[0]), "y": str(box[1])}, {"x": str(box[2]), "y": str(box[3])}, "15"]
+    assert adapter.track(item_stream_url=str(video), bbs={"r": as_strings}, frame_duration=3) == {
+        "r": {t: out["r"][t] for t in range(3)}}, "an angle given as a string, as the coordinates may be"
     with pytest.raises(InputError, match="bbs must map"):
         adapter.track(item_stream_url=str(video), bbs=[rotated])
     with pytest.raises(InputError, match="frame_duration must be a whole number"):
