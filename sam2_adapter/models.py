@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import sam2
 from sam2.modeling.sam2_base import SAM2Base
@@ -193,10 +194,13 @@ def load_config(config: str | os.PathLike, video: bool = False) -> DictConfig:
         cfg = OmegaConf.load(path)
     except Exception as error:  # yaml errors have no common base we can name
         raise CheckpointError(f"model config {path} is not valid YAML: {error}") from error
-    if "model" not in cfg or "_target_" not in cfg.model:
+    if not isinstance(cfg, DictConfig) or not isinstance(cfg.get("model"), DictConfig) or "_target_" not in cfg.model:
         raise CheckpointError(f"model config {path} has no `model._target_`: not a SAM 2 config")
-    cfg = OmegaConf.merge(cfg, {"model": _VIDEO_PREDICTOR_OVERRIDES if video else _OVERRIDES})
-    OmegaConf.resolve(cfg)
+    try:
+        cfg = OmegaConf.merge(cfg, {"model": _VIDEO_PREDICTOR_OVERRIDES if video else _OVERRIDES})
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as error:
+        raise CheckpointError(f"model config {path} cannot be read as a SAM 2 config: {error}") from None
     return cfg
 
 
@@ -204,9 +208,14 @@ def select_device(preference: str = "auto") -> torch.device:
     """`auto` picks cuda, then mps, then cpu."""
     if preference != "auto":
         try:
-            return torch.device(preference)
+            device = torch.device(preference)
         except (RuntimeError, TypeError) as error:
             raise InputError(f"device {preference!r} is not one of auto, cpu, cuda, cuda:N, mps ({error})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {preference!r}: torch finds no CUDA GPU here (no GPU, or no driver for it)")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise InputError(f"device {preference!r}: torch finds no MPS device here")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -244,6 +253,8 @@ def load_model(
         model = instantiate(cfg.model, _recursive_=True)
     except Exception as error:
         raise CheckpointError(f"model config {config} does not build a SAM 2 model: {error}") from error
+    if not isinstance(model, SAM2Base):
+        raise CheckpointError(f"model config {config} builds a {type(model).__name__}, not a SAM 2 model (SAM2Base)")
     if checkpoint is not None:
         _load_state(model, Path(checkpoint), config)
     device = select_device(device) if isinstance(device, str) else device
@@ -262,7 +273,8 @@ def _load_state(model: torch.nn.Module, path: Path, config: str | os.PathLike) -
         raise CheckpointError(
             f"checkpoint {path} ({path.stat().st_size} bytes) cannot be read: truncated or not a torch file ({error})"
         ) from error
-    if not isinstance(state, dict) or "model" not in state:
+    if (not isinstance(state, dict) or not isinstance(state.get("model"), dict)
+            or not all(isinstance(v, torch.Tensor) for v in state["model"].values())):
         raise CheckpointError(f"checkpoint {path} is not in the official format {{'model': state_dict}}")
     result = model.load_state_dict(state["model"], strict=False) if _shapes_match(model, state["model"]) else None
     if result is None or result.missing_keys or result.unexpected_keys:

@@ -54,6 +54,44 @@ def test_training_refuses_a_missing_or_unwritable_output(train, tmp_path):
         assert "permission denied" in str(error.value.code)
 
 
+def test_bad_numbers_folders_and_files_fail_before_any_work_with_one_line(train, tmp_path, capsys):
+    """Each once ended in a traceback from deep inside torch or numpy, some only after the whole run."""
+    for option, value, said in (("--batch", "0", "--batch must be at least 1"),
+                                ("--lr", "nan", "--lr must be a finite number above 0"),
+                                ("--save-every", "0", "--save-every must be at least 1"),
+                                ("--steps", "-1", "--steps must not be negative"),
+                                ("--pool", "1", "--pool (1) must hold at least --batch (2)")):
+        with pytest.raises(SystemExit) as error:
+            train(["--out", str(tmp_path / "x.pt"), *TINY_RUN, option, value])
+        assert error.value.code == 2 and said in capsys.readouterr().err
+    with pytest.raises(SystemExit) as error:
+        train(["--out", str(tmp_path), *TINY_RUN])
+    assert "is a folder" in str(error.value.code)
+    (tmp_path / "x.tmp").mkdir()  # where the checkpoint would be written before the swap
+    with pytest.raises(SystemExit) as error:
+        train(["--out", str(tmp_path / "x.pt"), *TINY_RUN])
+    assert "cannot be created" in str(error.value.code)
+    not_sam2 = tmp_path / "identity.yaml"
+    not_sam2.write_text("model:\n  _target_: torch.nn.Identity\n")
+    unresolved = tmp_path / "unresolved.yaml"
+    unresolved.write_text(MICRO.config_path.read_text().replace("image_size: 256", "image_size: ${nowhere}"))
+    no_tensors = tmp_path / "none.pt"
+    torch.save({"model": None}, no_tensors)
+    evaluate = load_tool("evaluate_micro").main
+    for config, checkpoint, said in ((not_sam2, MICRO_CHECKPOINT, "not a SAM 2 model"),
+                                     (unresolved, MICRO_CHECKPOINT, "cannot be read as a SAM 2 config"),
+                                     (MICRO.config_path, no_tensors, "not in the official format")):
+        assert evaluate(["--config", str(config), "--checkpoint", str(checkpoint)]) == 2
+        assert said in capsys.readouterr().err
+    for args in (["--scenes", "0"], ["--frames", "1"], ["--json", str(tmp_path / "missing" / "f.json")]):
+        with pytest.raises(SystemExit) as error:
+            evaluate(args)
+        assert error.value.code == 2
+    device_check = load_tool("device_check").main
+    if not torch.cuda.is_available():
+        assert device_check(["--device", "cuda"]) == 2 and "finds no CUDA GPU" in capsys.readouterr().err
+
+
 def test_training_and_evaluation_refuse_a_checkpoint_of_another_config(train, tmp_path):
     other = tmp_path / "other.yaml"
     other.write_text(MICRO.config_path.read_text().replace("d_model: 64", "d_model: 32"))

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sam2.sam2_image_predictor import SAM2ImagePredictor  # noqa: E402
 
+from sam2_adapter.errors import InputError  # noqa: E402
 from sam2_adapter.geometry import mask_iou, mask_to_polygons  # noqa: E402
 from sam2_adapter.models import inference_context, load_named_model, select_device, spec_for  # noqa: E402
 from sam2_adapter.scenes import make_clip, make_scene, mask_box, write_jpeg_folder  # noqa: E402
@@ -164,7 +165,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
     args = parser.parse_args(argv)
-    device = select_device(args.device)
+    try:
+        device = select_device(args.device)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     print(f"device: {name}, torch {torch.__version__}, micro model ({spec_for('micro').filename})",
           flush=True)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -159,6 +161,12 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
+    if args.scenes < 1 or args.clips < 1 or args.frames < 2:
+        parser.error(f"--scenes and --clips must be at least 1 and --frames at least 2 (a first frame and one to "
+                     f"track), got {args.scenes}, {args.clips}, {args.frames}")
+    if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()
+                                  or not os.access(args.json.parent, os.W_OK)):
+        parser.error(f"--json {args.json}: not a file that can be written (its folder must exist)")
     torch.set_num_threads(2)
     try:
         model = load_model(args.config, args.checkpoint, "cpu")
@@ -170,8 +178,13 @@ def main(argv=None) -> int:
     figures.update(evaluate_tracking(args.config, args.checkpoint, rng, args.clips, args.frames))
     for key, value in figures.items():
         print(f"{key:36s} {value:.4f}" if isinstance(value, float) else f"{key:36s} {value}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    if args.json:  # strict JSON: a figure with nothing to average over is null, not NaN
+        clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in figures.items()}
+        try:
+            args.json.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
+        except OSError as error:
+            print(f"error: cannot write {args.json}: {error}", file=sys.stderr)
+            return 1
     return 0
 
 

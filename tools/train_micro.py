@@ -321,18 +321,59 @@ def validate(model, scenes) -> float:
     return float(np.mean(ious))
 
 
-def save(model, path: Path) -> None:
+def _temporary(path: Path) -> Path:
+    """Where `save` writes before the swap. Its stem is the output's: torch.save records the file's stem inside the
+    archive, so a checkpoint's bytes depend on the name it was written under (README: retraining)."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict()}, tmp)
-    os.replace(tmp, path)  # a reader never sees half a checkpoint
+    return tmp if tmp != path else path.with_suffix(".tmp~")
+
+
+def save(model, path: Path) -> None:
+    tmp = _temporary(path)
+    try:
+        torch.save({"model": model.state_dict()}, tmp)
+        os.replace(tmp, path)  # a reader never sees half a checkpoint
+    except (OSError, RuntimeError) as error:
+        sys.exit(f"error: cannot write {path}: {error}")
+    finally:
+        tmp.unlink(missing_ok=True)  # an interrupted or failed save leaves no half file
 
 
 def check_output(path: Path) -> None:
+    """Fails before any training where the checkpoint could not be written at the end."""
     folder = path.parent
+    if not path.name or path.name in (".", "..") or path.is_dir():
+        sys.exit(f"error: --out {path} is a folder; name the checkpoint file to write")
     if not folder.is_dir():
         sys.exit(f"error: output directory {folder} does not exist")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         sys.exit(f"error: cannot write {path}: permission denied")
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "xb"):
+            pass
+        tmp.unlink()
+    except OSError as error:
+        sys.exit(f"error: cannot write {path}: {tmp} cannot be created ({error.strerror or error})")
+
+
+def check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Counts, periods and learning rates in range, before any work (argparse's error: usage and exit 2)."""
+    for name in ("steps", "image_only_steps", "warmup", "pool_steps", "balanced_steps", "balance_ramp",
+                 "decoder_steps", "decoder_video_every", "validate_every"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+    for name in ("video_every", "batch", "per_image", "threads", "log_every", "save_every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("lr", "decoder_lr"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            parser.error(f"--{name.replace('_', '-')} must be a finite number above 0, got {getattr(args, name)}")
+    if not (math.isfinite(args.position_init) and args.position_init >= 0):
+        parser.error(f"--position-init must be a finite number >= 0, got {args.position_init}")
+    if args.pool_steps and args.pool < args.batch:
+        parser.error(f"--pool ({args.pool}) must hold at least --batch ({args.batch}) scenes while it is used "
+                     f"(--pool-steps {args.pool_steps})")
 
 
 def main(argv=None) -> int:
@@ -375,7 +416,17 @@ def main(argv=None) -> int:
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--save-every", type=int, default=100, help="also write the checkpoint every N steps")
     args = parser.parse_args(argv)
+    check_numbers(parser, args)
     check_output(args.out)
+    try:
+        return train(args)
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.out} holds the last checkpoint saved (every --save-every steps), if any",
+              file=sys.stderr)
+        return 130
+
+
+def train(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     # Bitwise reproducible on a given machine and thread count, whatever else runs on it. Without this flag the
