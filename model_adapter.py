@@ -573,13 +573,19 @@ class ModelAdapter(dl.BaseModelAdapter):
         if len(stored) < len(predictions):
             self._report(item, f"item {item.id}: {len(predictions) - len(stored)} of {len(predictions)} results were "
                                f"not stored (see the log); the earlier results and the sources they replace are kept")
-        for annotation in earlier:
-            if (_source_id(annotation) or (_PROPOSALS if _sam2(annotation).get("proposal") else None)) in complete:
-                _delete_annotation(item, annotation.id)
+        doomed = [a.id for a in earlier
+                  if (_source_id(a) or (_PROPOSALS if _sam2(a).get("proposal") else None)) in complete]
         if self.settings.replace_boxes:
-            kept = getattr(predictions, "sam2_keep_sources", frozenset())
-            for source in sorted(complete - {_PROPOSALS} - kept):
-                _delete_annotation(item, source)
+            doomed += sorted(complete - {_PROPOSALS} - getattr(predictions, "sam2_keep_sources", frozenset()))
+        failed = []
+        for annotation_id in doomed:
+            try:
+                _delete_annotation(item, annotation_id)
+            except Exception as error:  # noqa: BLE001 - one refused delete costs neither the others nor the batch
+                failed.append(f"{annotation_id} ({type(error).__name__}: {error})")
+        if failed:
+            self._report(item, f"item {item.id}: {len(failed)} earlier results or replaced sources could not be "
+                               f"deleted: " + "; ".join(failed))
         return uploaded
 
     # -- internals ---------------------------------------------------------------------------------------------

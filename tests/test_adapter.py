@@ -583,21 +583,26 @@ def test_results_not_stored_keep_their_boxes_and_an_upload_error_costs_only_its_
 
     monkeypatch.setattr(dl.repositories.Annotations, "upload", failing)
     items = [platform.item(name, scene.image, boxes=[box_json(f"{name}-0", scene.boxes[found[0]])])
-             for name in ("upload-fails", "upload-fine", "box-gone")]
+             for name in ("upload-fails", "upload-fine", "box-gone", "box-locked")]
     delete = dl.repositories.Annotations.delete
 
     def gone_first(repo, annotation=None, annotation_id=None, filters=None, **kwargs):
         if annotation_id == "box-gone-0":  # another execution deleted it between our listing and our delete
             platform.stored["box-gone"] = [j for j in platform.stored["box-gone"] if j["id"] != "box-gone-0"]
+        if annotation_id == "box-locked-0":
+            raise dl.exceptions.Forbidden("403", "the annotation is locked")
         return delete(repo, annotation=annotation, annotation_id=annotation_id, filters=filters, **kwargs)
 
     monkeypatch.setattr(dl.repositories.Annotations, "delete", gone_first)
-    adapter.predict_items(items, batch_size=3)  # raises if an item of the batch is marked failed
+    adapter.predict_items(items, batch_size=4)  # raises if an item of the batch is marked failed
     assert platform.results("upload-fails") == [] and boxes_on(platform, "upload-fails") == ["upload-fails-0"]
     assert any("upload-fails" in line["message"] and "could not be stored" in line["message"]
                for line in adapter.report)
     assert platform.results("upload-fine") == [("binary", "upload-fine-0")] and boxes_on(platform, "upload-fine") == []
     assert platform.results("box-gone") == [("binary", "box-gone-0")] and boxes_on(platform, "box-gone") == []
+    assert platform.results("box-locked") == [("binary", "box-locked-0")]
+    assert any("box-locked" in line["message"] and "could not be deleted" in line["message"] and "Forbidden"
+               in line["message"] for line in adapter.report)
 
 
 def test_concurrent_first_requests_load_the_model_once(adapter, scenes, monkeypatch):
