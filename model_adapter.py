@@ -384,9 +384,8 @@ class ModelAdapter(dl.BaseModelAdapter):
         if track.keep_drawn:
             frames.update(track.drawn)
             # the annotation is replaced in place: frames of earlier runs this one did not reach stay as they were
-            source = track.source.frames
-            earlier = {int(t): source[t] for t in source.actual_keys()
-                       if int(t) not in frames and int(t) not in track.hidden}
+            source = track.source.frames  # every frame, those dtlpy stores as repeats of the one before too
+            earlier = {int(t): source[t] for t in source.keys() if int(t) not in frames and int(t) not in track.hidden}
             frames.update({t: f.annotation_definition if f.object_visible else None for t, f in earlier.items()})
         frames.update(dict.fromkeys(track.hidden))  # the user's "not visible here" stands over SAM 2's result
         visible = sorted(t for t, definition in frames.items() if definition is not None)
@@ -402,8 +401,8 @@ class ModelAdapter(dl.BaseModelAdapter):
             confidence = float(np.mean(1.0 / (1.0 + np.exp(-np.asarray(scores))))) if scores else 0.0
             model_info = {"name": self._model_label, "confidence": round(confidence, 4)}
         builder = item.annotations.builder()
-        order = sorted((t for t in frames if t >= visible[0] or t in track.hidden),  # the user's own frames stay
-                       key=lambda t: (t not in track.drawn, t))
+        # from the first visible frame: dtlpy reads an annotation's first frame back as visible, whatever it was
+        order = sorted((t for t in frames if t >= visible[0]), key=lambda t: (t not in track.drawn, t))
         for t in order:
             definition = frames[t]
             if definition is None:
@@ -955,7 +954,8 @@ def _tracking_spans(drawn: Sequence[int], direction: str, max_frames: int | None
     if direction in ("forward", "both"):
         spans["forward"] = (first, max([min(last + reach, num_frames - 1)] + [t for t in hidden if t > last]))
     if direction == "backward":
-        spans["backward"] = (min([max(first - reach, 0)] + [t for t in hidden if t < first]), last)
+        spans["backward"] = (min([max(first - reach, 0)] + [t for t in hidden if t < first]),
+                             max([last] + [t for t in hidden if t > last]))
     elif direction == "both" and (reach > 0 or any(t < first for t in hidden)) and first > 0:
         spans["backward"] = (min([max(first - reach, 0)] + [t for t in hidden if t < first]), first - 1)
     return spans

@@ -407,6 +407,34 @@ def test_data_engine_rounds_keep_what_the_user_did(adapter, clip, video, platfor
         assert (frames[t].left, frames[t].top) == (earlier.frames[t].left, earlier.frames[t].top)
 
 
+def test_rounds_on_a_still_video_and_key_frames_around_the_drawing(adapter, clip, platform, tmp_path):
+    """dtlpy stores a frame that repeats the one before as no frame at all (a still object): a re-run over fewer
+    frames keeps those too. A not-visible key frame after the drawing is tracked up to backward as well as forward;
+    one before the first visible frame cannot open the annotation (dtlpy reads a first frame back as visible)."""
+    from sam2_adapter.scenes import write_video
+
+    still = tmp_path / "still.mp4"
+    write_video(np.repeat(clip.frames[:1], T, axis=0), still, fps=10)
+    item = platform.item("vid-still", still)
+    source = video_annotation(item, "still", {0: box_of(clip.masks[0, 0], "car")})
+    (whole,) = adapter.track_video(item=item, annotations=[source], direction="forward")
+    assert sorted(frames_of(read_back(whole, item))) == list(range(T))
+    (fewer,) = adapter.track_video(item=item, annotations=[whole], direction="forward", max_frames=3)
+    assert sorted(frames_of(read_back(fewer, item))) == list(range(T))
+    assert model_adapter._tracking_spans([3], "backward", None, T, [8]) == {"backward": (0, 8)}
+    assert model_adapter._tracking_spans([3], "forward", 2, T, [8]) == {"forward": (3, 8)}
+    hidden_first = video_annotation(item, "hidden-first", {6: box_of(clip.masks[0, 0], "car")})
+    entity = read_back(hidden_first, item)
+    entity.add_frame(annotation_definition=box_of(clip.masks[0, 0], "car"), frame_num=2, fixed=True,
+                     object_visible=False)
+    assert not entity.frames[2].object_visible  # as an entity; its JSON would read back visible already
+    (result,) = adapter.track_video(item=item, annotations=[entity], direction="forward")
+    back = read_back(result, item)
+    assert back.start_frame == 6 and back.frames[6].object_visible
+    (track,), failures = model_adapter._video_tracks(item, [json.loads(json.dumps(result))])
+    assert failures == [] and sorted(track.drawn) == [6]
+
+
 def test_absent_frames_are_not_visible_and_hold_no_geometry(adapter, clip, video, platform, monkeypatch):
     """A mask threshold no logit reaches makes SAM 2 find nothing on any tracked frame: every one of them must be
     marked absent, with nothing copied from the drawn frame, in every type."""
