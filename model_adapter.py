@@ -951,8 +951,9 @@ def _tracking_spans(drawn: Sequence[int], direction: str, max_frames: int | None
     first, last = drawn[0], drawn[-1]
     reach = num_frames if max_frames is None else max_frames - 1
     spans = {}
-    if direction in ("forward", "both"):
-        spans["forward"] = (first, max([min(last + reach, num_frames - 1)] + [t for t in hidden if t > last]))
+    if direction in ("forward", "both"):  # with "both", the backward passes reach the key frames before `first`
+        start = first if direction == "both" else min([first] + [t for t in hidden if t < first])
+        spans["forward"] = (start, max([min(last + reach, num_frames - 1)] + [t for t in hidden if t > last]))
     if direction == "backward":
         spans["backward"] = (min([max(first - reach, 0)] + [t for t in hidden if t < first]),
                              max([last] + [t for t in hidden if t > last]))
