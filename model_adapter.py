@@ -384,8 +384,11 @@ class ModelAdapter(dl.BaseModelAdapter):
         if track.keep_drawn:
             frames.update(track.drawn)
             # the annotation is replaced in place: frames of earlier runs this one did not reach stay as they were
-            source = track.source.frames  # every frame, those dtlpy stores as repeats of the one before too
-            earlier = {int(t): source[t] for t in source.keys() if int(t) not in frames and int(t) not in track.hidden}
+            # an earlier result's frames, those dtlpy stores as repeats of the one before too; of the user's own
+            # annotation only its stored frames (dtlpy's repeats of a drawing are no tracking to keep)
+            source = track.source.frames
+            keys = source.keys() if _sam2(track.source) else source.actual_keys()
+            earlier = {int(t): source[t] for t in keys if int(t) not in frames and int(t) not in track.hidden}
             frames.update({t: f.annotation_definition if f.object_visible else None for t, f in earlier.items()})
         frames.update(dict.fromkeys(track.hidden))  # the user's "not visible here" stands over SAM 2's result
         visible = sorted(t for t, definition in frames.items() if definition is not None)
