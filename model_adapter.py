@@ -384,8 +384,8 @@ class ModelAdapter(dl.BaseModelAdapter):
         if track.keep_drawn:
             frames.update(track.drawn)
             # the annotation is replaced in place: frames of earlier runs this one did not reach stay as they were
-            # an earlier result's frames, those dtlpy stores as repeats of the one before too; of the user's own
-            # annotation only its stored frames (dtlpy's repeats of a drawing are no tracking to keep)
+            # (with the frames dtlpy stores as repeats of the one before; of the user's own annotation only its
+            # stored frames: dtlpy's repeats of a drawing are no tracking)
             source = track.source.frames
             keys = source.keys() if _sam2(track.source) else source.actual_keys()
             earlier = {int(t): source[t] for t in keys if int(t) not in frames and int(t) not in track.hidden}
