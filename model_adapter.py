@@ -387,7 +387,8 @@ class ModelAdapter(dl.BaseModelAdapter):
             # (with the frames dtlpy stores as repeats of the one before; of the user's own annotation only its
             # stored frames: dtlpy's repeats of a drawing are no tracking)
             source = track.source.frames
-            keys = source.keys() if _sam2(track.source) else source.actual_keys()
+            ours = _source_id(track.source) == track.source.id and not _sam2(track.source).get("proposal")
+            keys = source.keys() if ours else source.actual_keys()
             earlier = {int(t): source[t] for t in keys if int(t) not in frames and int(t) not in track.hidden}
             frames.update({t: f.annotation_definition if f.object_visible else None for t, f in earlier.items()})
         frames.update(dict.fromkeys(track.hidden))  # the user's "not visible here" stands over SAM 2's result

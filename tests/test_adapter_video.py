@@ -424,11 +424,14 @@ def test_rounds_on_a_still_video_and_key_frames_around_the_drawing(adapter, clip
     # a drawing the studio gave a duration: dtlpy's repeats of it are no earlier tracking, and do not come back
     moving = platform.item("vid-duration", tmp_path / "moving.mp4")
     write_video(clip.frames, tmp_path / "moving.mp4", fps=10)
-    drawn = video_annotation(moving, "duration", {0: box_of(clip.masks[0, 0], "car")})
-    drawn["metadata"]["system"]["endFrame"] = 8
-    assert read_back(drawn, moving).end_frame == 8
-    (result,) = adapter.track_video(item=moving, annotations=[drawn], direction="forward", max_frames=4)
-    assert sorted(frames_of(read_back(result, moving))) == [0, 1, 2, 3]
+    for copied in (None, {"source_annotation_id": "another"}, {"proposal": True}):  # nor a copy of one's result
+        drawn = video_annotation(moving, "duration", {0: box_of(clip.masks[0, 0], "car")})
+        drawn["metadata"]["system"]["endFrame"] = 8
+        if copied:
+            drawn["metadata"]["user"]["sam2"] = copied
+        assert read_back(drawn, moving).end_frame == 8
+        (result,) = adapter.track_video(item=moving, annotations=[drawn], direction="forward", max_frames=4)
+        assert sorted(frames_of(read_back(result, moving))) == [0, 1, 2, 3], copied
     assert model_adapter._tracking_spans([3], "backward", None, T, [8]) == {"backward": (0, 8)}
     assert model_adapter._tracking_spans([3], "forward", 2, T, [8]) == {"forward": (3, 8)}
     assert model_adapter._tracking_spans([6], "forward", 2, T, [2]) == {"forward": (2, 7)}
