@@ -215,8 +215,6 @@ class ModelAdapter(dl.BaseModelAdapter):
             problems = []
             for _, frame in self._propagate(tracker, [(start_frame, "forward", frame_duration, None)], progress,
                                             problems):
-                if frame.skipped:
-                    problems.append(f"frame {frame.frame_idx} skipped: {frame.error}")
                 for annotation_id, obj in frame.objects.items():
                     tracked = self._tracked_definition(obj, types[annotation_id])
                     results[annotation_id][frame.frame_idx] = None if tracked is None else _studio_coordinates(tracked)
@@ -315,7 +313,6 @@ class ModelAdapter(dl.BaseModelAdapter):
         for going, frame in self._propagate(tracker, _tracking_passes(tracks), progress, skipped):
             t = frame.frame_idx
             if frame.skipped:
-                skipped.append(f"frame {t} skipped: {frame.error}")
                 continue
             for track in tracks:
                 first, last = track.spans.get(going, (1, 0))
@@ -334,8 +331,8 @@ class ModelAdapter(dl.BaseModelAdapter):
                    progress, problems: list[str]) -> Iterator[tuple[str, FrameResult]]:
         """Runs tracking passes (start frame, direction, frames, objects or None for all), yielding (direction,
         frame result) frame by frame, undecodable frames included (the tracker logs them), with the progress over
-        all passes. Frames a pass should have reached but the video did not give (it ends before its header
-        says: a truncated file) are added to `problems`."""
+        all passes. Undecodable frames, and frames a pass should have reached but the video did not give (it ends
+        before its header says: a truncated file), are added to `problems`."""
         total = max(sum(count for _, _, count, _ in passes), 1)
         done = 0
         for start, direction, count, objects in passes:
@@ -346,6 +343,8 @@ class ModelAdapter(dl.BaseModelAdapter):
             for frame in tracker.propagate(start_frame=start, direction=direction, max_frames=count, objects=objects):
                 done += 1
                 reached += 1
+                if frame.skipped:
+                    problems.append(f"frame {frame.frame_idx} skipped: {frame.error}")
                 yield direction, frame
                 if progress is not None:
                     progress.update(progress=min(int(100 * done / total), 100))
@@ -387,8 +386,7 @@ class ModelAdapter(dl.BaseModelAdapter):
             # (with the frames dtlpy stores as repeats of the one before; of the user's own annotation only its
             # stored frames: dtlpy's repeats of a drawing are no tracking)
             source = track.source.frames
-            ours = _source_id(track.source) == track.source.id and not _sam2(track.source).get("proposal")
-            keys = source.keys() if ours else source.actual_keys()
+            keys = source.keys() if _source_id(track.source) == track.source.id else source.actual_keys()
             earlier = {int(t): source[t] for t in keys if int(t) not in frames and int(t) not in track.hidden}
             frames.update({t: f.annotation_definition if f.object_visible else None for t, f in earlier.items()})
         frames.update(dict.fromkeys(track.hidden))  # the user's "not visible here" stands over SAM 2's result
@@ -570,14 +568,13 @@ class ModelAdapter(dl.BaseModelAdapter):
             self._report(item, f"item {item.id}: results could not be stored ({type(error).__name__}: {error}); "
                                f"its annotations are left as they were")
             return item.annotations.builder()
-        wanted = collections.Counter(_source_id(a) or _PROPOSALS for a in predictions)
-        got = collections.Counter(_source_id(a) or _PROPOSALS for a in stored)
-        complete = {source for source in wanted if got[source] == wanted[source]}
+        wanted = collections.Counter(_replaces(a) for a in predictions)
+        got = collections.Counter(_replaces(a) for a in stored)
+        complete = {source for source in wanted if source is not None and got[source] == wanted[source]}
         if len(stored) < len(predictions):
             self._report(item, f"item {item.id}: {len(predictions) - len(stored)} of {len(predictions)} results were "
                                f"not stored (see the log); the earlier results and the sources they replace are kept")
-        doomed = [a.id for a in earlier
-                  if (_source_id(a) or (_PROPOSALS if _sam2(a).get("proposal") else None)) in complete]
+        doomed = [a.id for a in earlier if _replaces(a) in complete]
         if self.settings.replace_boxes:
             doomed += sorted(complete - {_PROPOSALS} - getattr(predictions, "sam2_keep_sources", frozenset()))
         failed = []
@@ -663,7 +660,7 @@ class ModelAdapter(dl.BaseModelAdapter):
         if reading is not None:
             with reading:  # the first reads the image and encodes it; the others then find both done
                 with self._digests_lock:
-                    digest = self._digests.get(version) if updated is not None else None
+                    digest = self._digests.get(version)  # never set for an item without a version
                 if digest is None:
                     try:
                         return self._read_features(item, version if updated is not None else None)
@@ -854,8 +851,8 @@ def _video_tracks(item: dl.Item, annotations: Iterable | None, skip_predictions:
 
 
 def _is_prediction(annotation: dl.Annotation, model_name: str | None) -> bool:
-    """A prediction of the model `model_name` (which the base class deletes before uploading new ones), or an
-    annotation SAM 2 made from another one (a batch job's result; `track_video` keeps the source's own id)."""
+    """A prediction of the model `model_name`, or an annotation SAM 2 made from another one (a batch job's result;
+    `track_video` keeps the source's own id)."""
     if model_name and _made_by(annotation, model_name):
         return True
     if _sam2(annotation).get("proposal"):
@@ -1124,6 +1121,12 @@ def _sam2(annotation: dl.Annotation) -> dict:
 
 def _source_id(annotation: dl.Annotation) -> str | None:
     return _sam2(annotation).get("source_annotation_id")
+
+
+def _replaces(annotation: dl.Annotation):
+    """What a result of this adapter stands for on its item: its source annotation's id, all proposals together
+    (`_PROPOSALS`), or None for an annotation of neither kind."""
+    return _source_id(annotation) or (_PROPOSALS if _sam2(annotation).get("proposal") else None)
 
 
 def _delete_annotation(item: dl.Item, annotation_id: str) -> None:

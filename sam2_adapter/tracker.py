@@ -221,6 +221,7 @@ class VideoTracker:
         self.fill_hole_area = int(fill_hole_area)
         self.max_batch = max(1, int(max_batch))
         self.device = next(model.parameters()).device
+        self._bf16 = uses_bf16(self.device)
         self.image_size = int(model.image_size)
         self.height, self.width = self.video.height, self.video.width
         self.num_frames = self.video.num_frames
@@ -586,7 +587,7 @@ class VideoTracker:
             self._maskmem_pos_enc = [x[0:1].clone() for x in maskmem_pos]
         if maskmem is not None:
             maskmem = maskmem.to(torch.bfloat16)
-            if not uses_bf16(maskmem.device):
+            if not self._bf16:
                 maskmem = maskmem.float()
         return {
             "maskmem_features": maskmem,
