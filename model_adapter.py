@@ -130,8 +130,9 @@ class ModelAdapter(dl.BaseModelAdapter):
 
     # -- studio functions --------------------------------------------------------------------------------------
     def box_to_segmentation(self, dl=None, item: dl.Item = None, annotations: list = None, progress=None) -> list:
-        """Every box annotation of `annotations` (JSON) -> a pixel mask annotation with the box's id, label and
-        attributes, so the studio replaces the box in place. Confidence is SAM 2's predicted IoU."""
+        """Every box annotation of `annotations` (JSON) -> a pixel mask annotation of the object inside the box
+        (SAM 2's mask cut at the box grown by `box_margin`) with the box's id, label and attributes, so the studio
+        replaces the box in place. Confidence is SAM 2's predicted IoU."""
         return self._boxes_to_annotations(item, annotations, "segmentation", progress)
 
     def box_to_polygon(self, dl=None, item: dl.Item = None, annotations: list = None, progress=None) -> list:
@@ -500,7 +501,8 @@ class ModelAdapter(dl.BaseModelAdapter):
         outcomes = segment_box_prompts(
             self.segmenter, prepared.features, [_box_prompt(a) for a in sources],
             then=lambda k, result: self._mask_annotations(item, result, sources[k].label, sources[k].attributes,
-                                                          _metadata(sources[k])))
+                                                          _metadata(sources[k])),
+            margin=self.settings.box_margin)
         for outcome in outcomes:
             if isinstance(outcome, InputError):
                 self._report(item, f"item {item.id}: {outcome}")
@@ -619,7 +621,7 @@ class ModelAdapter(dl.BaseModelAdapter):
         if sources:
             features, _ = self._features(item)
             for outcome in segment_box_prompts(self.segmenter, features, [_box_prompt(s) for s in sources],
-                                               then=to_json):
+                                               then=to_json, margin=self.settings.box_margin):
                 if isinstance(outcome, InputError):
                     failures.append(str(outcome))
                 else:

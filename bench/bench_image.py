@@ -9,7 +9,9 @@ The limit decodes the boxes in the calls ours makes (on the CPU, calls sized by 
 copy; see `segment.CPU_DECODER_CALL_BYTES`); the time of one call for all boxes is printed too.
 Ours traces each mask's polygons beside the decoder's next calls where a core is free for it (on the CPU: with
 --threads below the number of cores) and the boxes take several calls (see `ImageSegmenter.overlaps_then`),
-after the decoder otherwise.
+after the decoder otherwise. Ours keeps each mask inside its box (`box_margin` 0, the adapter's default); the
+existing approach keeps SAM 2's whole mask (with random weights, noise over most of the image) and traces only its
+largest outline.
 All three start from the same cached image features (the encoder runs once per image in every approach; its time
 is printed for scale). The existing approach: one decoder call per box, the logits upsampled to the full image,
 `dl.Polygon.from_segmentation` per mask.

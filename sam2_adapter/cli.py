@@ -114,8 +114,8 @@ def run_boxes_to_masks(args: argparse.Namespace) -> int:
     segmenter, name = _segmenter(args)
     summary = boxes_to_masks(args.images, args.coco, args.out, segmenter, polygons=args.polygons,
                              previews_dir=args.previews, polygon_tolerance=args.polygon_tolerance,
-                             polygon_min_area=args.polygon_min_area, model_name=name, workers=args.workers,
-                             batch=args.batch, progress=not args.no_progress)
+                             polygon_min_area=args.polygon_min_area, box_margin=args.box_margin, model_name=name,
+                             workers=args.workers, batch=args.batch, progress=not args.no_progress)
     return _finish(summary)
 
 
@@ -593,6 +593,8 @@ def main(argv=None) -> int:
     boxes.add_argument("images", help="the images folder (file_name in the COCO file is relative to it)")
     boxes.add_argument("coco", help="the COCO JSON file with box annotations")
     _add_job_arguments(boxes)
+    boxes.add_argument("--box-margin", type=_number(0.0), default=0.0,
+                       help="pixels a mask may reach past its box on each side (default 0: cut at the box)")
     boxes.set_defaults(run=run_boxes_to_masks)
 
     proposals = sub.add_parser("auto", help="images folder -> COCO mask proposals, resumable",

@@ -537,15 +537,17 @@ class _Job:
 
 def boxes_to_masks(images_dir, coco_in, coco_out, segmenter: ImageSegmenter, *, polygons: bool = False,
                    previews_dir=None, polygon_tolerance: float = 1.0, polygon_min_area: float = DEFAULT_MIN_AREA,
-                   model_name: str = "", workers: int = 2, prefetch: int = 4, batch: int | None = None,
-                   progress: bool = False, on_image_done: Callable[[Any], None] | None = None) -> JobSummary:
+                   box_margin: float = 0.0, model_name: str = "", workers: int = 2, prefetch: int = 4,
+                   batch: int | None = None, progress: bool = False,
+                   on_image_done: Callable[[Any], None] | None = None) -> JobSummary:
     """A COCO file with boxes -> the same file with a SAM 2 mask for every box annotation.
 
     Every annotation keeps its fields (id, image_id, category_id, bbox, ...) and gets `segmentation` (RLE, or
     polygons with `polygons=True`), `area` (mask pixels) and `score` (SAM 2's predicted IoU); an annotation whose
     box gives no mask (bad box, box outside its image, unknown image id, image missing or unreadable) is left
     out of `annotations` and reported. Images and categories are copied; annotations come in image-id order,
-    then input order. Images without annotations are not read.
+    then input order. Images without annotations are not read. A mask is cut where it leaves its box grown by
+    `box_margin` pixels (see `segment_box_prompts`).
 
     `batch` images are encoded together (None: `default_batch` of the segmenter's device). `model_name` goes
     into the job identity (a journal of another model is not resumed); `on_image_done(id)` is called after each
@@ -560,7 +562,8 @@ def boxes_to_masks(images_dir, coco_in, coco_out, segmenter: ImageSegmenter, *, 
     identity = {"job": "boxes-to-masks", "format": _RECORD_FORMAT, "coco_in": _file_digest(coco_in),
                 "images_dir": str(images_dir),
                 "polygons": polygons, "tolerance": polygon_tolerance, "min_area": polygon_min_area,
-                "model": model_name, "mask_threshold": segmenter.mask_threshold, "previews": _previews_id(previews_dir)}
+                "box_margin": box_margin, "model": model_name, "mask_threshold": segmenter.mask_threshold,
+                "previews": _previews_id(previews_dir)}
     previews = _preview_paths(Path(previews_dir), tasks, images_dir) if previews_dir else None
 
     def prepare(task: _ImageTask) -> _Loaded:
@@ -580,7 +583,7 @@ def boxes_to_masks(images_dir, coco_in, coco_out, segmenter: ImageSegmenter, *, 
 
     def infer(group: list[_ImageTask], prepared: list[_Loaded]) -> list:
         features = segmenter.encode_many([loaded.image if loaded.prompts else None for loaded in prepared])
-        return [(loaded, [] if f is None else segment_box_prompts(segmenter, f, loaded.prompts))
+        return [(loaded, [] if f is None else segment_box_prompts(segmenter, f, loaded.prompts, margin=box_margin))
                 for loaded, f in zip(prepared, features)]
 
     def finish(task: _ImageTask, result) -> dict:

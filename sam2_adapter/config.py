@@ -40,6 +40,9 @@ class Settings:
     """Bound of the image-feature cache in MiB (hiera models at 1024 px take about 16 MiB an image in fp32)."""
     mask_threshold: float = 0.0
     """Logit above which a pixel is in the mask."""
+    box_margin: float = 0.0
+    """Pixels a box's mask may reach past the box on each side: SAM 2's mask is cut where it leaves the box grown by
+    this much (0: the object inside the box, as the studio's click refinement crops it)."""
     polygon_tolerance: float = 1.0
     """Douglas-Peucker tolerance in pixels when a mask becomes polygons."""
     polygon_min_area: float = 8.0

@@ -151,12 +151,14 @@ class ImageSegmenter:
         """One mask per (N, 4) box, x1, y1, x2, y2 in image pixels (validated by the caller)."""
         return list(self.iter_boxes(features, boxes))
 
-    def iter_boxes(self, features: ImageFeatures, boxes: np.ndarray) -> Iterator[MaskResult]:
+    def iter_boxes(self, features: ImageFeatures, boxes: np.ndarray,
+                   within: Sequence[tuple[int, int, int, int]] | None = None) -> Iterator[MaskResult]:
         """`segment_boxes`, a mask at a time as each decoder call ends: the caller can work on the first masks
-        while the decoder runs the next call."""
+        while the decoder runs the next call. `within`, when given, bounds each box's mask to pixels x0, y0, x1,
+        y1 (nothing outside them is upsampled)."""
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 2, 2)
         labels = np.tile(np.array(_BOX_LABELS, dtype=np.int32), (len(boxes), 1))
-        return self._decode_iter(features, boxes, labels, None, multimask=False)
+        return self._decode_iter(features, boxes, labels, None, multimask=False, within=within)
 
     def segment_clicks(self, features: ImageFeatures, points: np.ndarray,
                        keep: Callable[[np.ndarray, float], bool] | None = None,
@@ -196,19 +198,20 @@ class ImageSegmenter:
     def _decode_iter(self, features: ImageFeatures, coords: np.ndarray, labels: np.ndarray,
                      mask_input: np.ndarray | None, multimask: bool,
                      keep: Callable[[np.ndarray, float], bool] | None = None,
-                     every_mask: bool = False) -> Iterator[MaskResult | None]:
+                     every_mask: bool = False,
+                     within: Sequence[tuple[int, int, int, int]] | None = None) -> Iterator[MaskResult | None]:
         """Coords (B, P, 2) in image pixels with labels (B, P) -> B masks (3B with `multimask` and `every_mask`),
-        in calls of `prompts_per_call`, yielded as each call ends."""
+        in calls of `prompts_per_call`, yielded as each call ends; `within` bounds each prompt's mask."""
         step = self.prompts_per_call(features)
         for start in range(0, len(coords), step):
             logits, scores = self._decode_low_res(features, coords[start:start + step], labels[start:start + step],
                                                   mask_input, multimask, every_mask)
-            for one, score in zip(logits, scores.tolist()):
+            for k, (one, score) in enumerate(zip(logits, scores.tolist()), start):
                 # SAM 2 clamps the logits it hands back (for mask_input), not those it upsamples: clamped first,
                 # a cell beyond +-32 beside the edge would move the edge by pixels
                 low_res = one.clamp(-32.0, 32.0).cpu().numpy().copy()  # a copy, not a view of the whole call
                 if keep is None or keep(low_res, score):
-                    yield self._upsample(one, low_res, score, features.orig_hw)
+                    yield self._upsample(one, low_res, score, features.orig_hw, None if within is None else within[k])
                 else:
                     yield None
 
@@ -246,9 +249,9 @@ class ImageSegmenter:
             logits, scores = logits[rows, best][:, None], scores[rows, best][:, None]
         return logits, scores[:, 0]
 
-    def _upsample(self, logits: torch.Tensor, low_res: np.ndarray, score: float,
-                  image_hw: tuple[int, int]) -> MaskResult:
-        upsampled = upsample_logits(logits[0], image_hw, self.mask_threshold)
+    def _upsample(self, logits: torch.Tensor, low_res: np.ndarray, score: float, image_hw: tuple[int, int],
+                  within: tuple[int, int, int, int] | None = None) -> MaskResult:
+        upsampled = upsample_logits(logits[0], image_hw, self.mask_threshold, within)
         if upsampled is None:
             return MaskResult(np.zeros((0, 0), bool), (0, 0), image_hw, score, low_res)
         crop, origin = upsampled
@@ -317,19 +320,27 @@ T = TypeVar("T")
 
 
 def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prompts: Sequence[BoxPrompt],
-                        then: Callable[[int, MaskResult], T] | None = None) -> list[MaskResult | T | InputError]:
+                        then: Callable[[int, MaskResult], T] | None = None,
+                        margin: float = 0.0) -> list[MaskResult | T | InputError]:
     """A mask for every box of a request, decoded together; a bad or empty box gives its own InputError in its
     place and never costs the others their masks.
 
-    A rotated box prompts SAM 2 with its enclosing box and keeps only the mask inside the rotated rectangle.
+    Each mask is the object inside its box: pixels whose centre lies beyond the box grown by `margin` pixels on
+    every side are not kept (nor upsampled). SAM 2 prompted with a box can spill past it onto what lies beside
+    the object (the micro model does, often); the studio's click refinement crops its mask to the box too. A
+    rotated box prompts SAM 2 with its enclosing box and keeps only the mask inside the rotated rectangle (grown
+    by `margin` the same way).
 
     `then(index, mask)`, when given, turns the mask of `prompts[index]` into what the caller wants (polygons,
     annotations) and its value takes the mask's place. Where the segmenter `overlaps_then`, it runs on a worker
     thread, a mask at a time in order, while the decoder goes on with the next call.
     """
+    if not (math.isfinite(margin) and margin >= 0):
+        raise InputError(f"box margin: expected a finite number of pixels >= 0, got {margin!r}")
     height, width = features.orig_hw
     outcomes: list = [None] * len(prompts)
     valid: list[tuple[int, np.ndarray]] = []
+    kept: dict[int, tuple[np.ndarray, float]] = {}  # index -> the box its mask stays inside, and its angle
     for index, prompt in enumerate(prompts):
         try:
             angle = float(prompt.angle or 0.0)
@@ -337,6 +348,7 @@ def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prom
                 raise InputError(f"{prompt.name}: box angle {prompt.angle!r} is not a number")
             box = enclosing_box(prompt.box, angle) if angle else prompt.box
             valid.append((index, validate_box(box, width, height, prompt.name)))
+            kept[index] = _grown(prompt.box, margin), angle
         except InputError as error:
             outcomes[index] = error
     if not valid:
@@ -344,13 +356,14 @@ def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prom
 
     def finish(index: int, result: MaskResult):
         prompt = prompts[index]
-        if prompt.angle and result.area:
-            result = _clip_to_rotated_box(result, prompt)
+        if result.area:
+            result = _clip_to_box(result, *kept[index])
         if not result.area:
             return InputError(f"{prompt.name}: SAM 2 found no object inside the box")
         return result if then is None else then(index, result)
 
-    masks = segmenter.iter_boxes(features, np.stack([box for _, box in valid]))
+    within = [_pixel_bounds(*kept[index], height, width) for index, _ in valid]
+    masks = segmenter.iter_boxes(features, np.stack([box for _, box in valid]), within)
     if then is None or not segmenter.overlaps_then(features, len(valid)):
         for (index, _), result in zip(valid, masks):
             outcomes[index] = finish(index, result)
@@ -369,8 +382,22 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _clip_to_rotated_box(result: MaskResult, prompt: BoxPrompt) -> MaskResult:
+def _grown(box: Sequence[float], margin: float) -> np.ndarray:
+    """`box` x1, y1, x2, y2 (corners in any order) grown by `margin` on every side, float64."""
+    b = np.asarray(box, np.float64).reshape(-1)
+    (x1, x2), (y1, y2) = sorted(b[0::2]), sorted(b[1::2])
+    return np.array([x1 - margin, y1 - margin, x2 + margin, y2 + margin])
+
+
+def _pixel_bounds(box: np.ndarray, angle: float, height: int, width: int) -> tuple[int, int, int, int]:
+    """Pixel bounds x0, y0, x1, y1 of the image (half-open) around `box` rotated by `angle`."""
+    x1, y1, x2, y2 = enclosing_box(box, angle)
+    return (max(math.floor(x1), 0), max(math.floor(y1), 0), min(math.ceil(x2), width), min(math.ceil(y2), height))
+
+
+def _clip_to_box(result: MaskResult, box: np.ndarray, angle: float) -> MaskResult:
+    """The mask where pixel centres lie inside `box` rotated by `angle` (see `geometry.rotated_box_mask`)."""
     x0, y0 = result.origin
     h, w = result.crop.shape
-    inside = rotated_box_mask(np.asarray(prompt.box, np.float64) - [x0, y0, x0, y0], prompt.angle, h, w)
+    inside = rotated_box_mask(box - [x0, y0, x0, y0], angle, h, w)
     return dataclasses.replace(result, crop=result.crop & inside)

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 FULL_INTERPOLATION_MACS_PER_PIXEL = 64
 
 
-def upsample_logits(logits: torch.Tensor, image_hw: tuple[int, int],
-                    threshold: float) -> tuple[np.ndarray, tuple[int, int]] | None:
+def upsample_logits(logits: torch.Tensor, image_hw: tuple[int, int], threshold: float,
+                    within: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]] | None:
     """(s_h, s_w) low-res logits -> the mask at image size as `F.interpolate(bilinear, align_corners=False) >
-    threshold` gives it over the whole image, computed only inside the region where a pixel can be positive:
+    threshold` gives it over the whole image, computed only inside the region where a pixel can be positive
+    (and inside `within`, pixel bounds x0, y0, x1, y1, when the caller keeps no pixel outside them):
     (crop, (x0, y0)), or None when no pixel is.
 
     Bilinear interpolation is separable: the crop is `Ay @ L @ Ax.T`, with L the low-res cells the region reads and
@@ -37,6 +38,11 @@ def upsample_logits(logits: torch.Tensor, image_hw: tuple[int, int],
     if bounds is None:
         return None
     x0, y0, x1, y1 = bounds
+    if within is not None:
+        x0, y0 = max(x0, within[0]), max(y0, within[1])
+        x1, y1 = min(x1, within[2]), min(y1, within[3])
+        if x0 >= x1 or y0 >= y1:
+            return None
     (height, width), (s_h, s_w) = image_hw, logits.shape
     # The products' multiply-adds: the region's rows x the cells across it x (the cells down it + its columns).
     products = (y1 - y0) * ((x1 - x0) * s_w / width) * ((y1 - y0) * s_h / height + (x1 - x0))

@@ -9,12 +9,14 @@ os.environ["DATALOOP_PATH"] = os.path.join(_SANDBOX, "dataloop")
 os.environ["HOME"] = _SANDBOX
 os.environ["SAM2_ADAPTER_CACHE"] = os.path.join(_SANDBOX, "cache")
 
+import dataclasses  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sam2_adapter.models import load_named_model  # noqa: E402
-from sam2_adapter.geometry import mask_to_polygons  # noqa: E402
+from sam2_adapter.geometry import mask_to_polygons, rotated_box_mask  # noqa: E402
 from sam2_adapter.scenes import make_clip, make_scene, mask_box, write_video  # noqa: E402
 from sam2_adapter.segment import ImageSegmenter  # noqa: E402
 
@@ -51,6 +53,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def box_masks(segmenter, image, boxes, margin: float = 0.0) -> list:
+    """What Box to Segmentation must give for each (upright) box: SAM 2's own mask of the box (the segmenter's,
+    uncut) where pixel centres lie inside the box grown by `margin`. MaskResults; `.area` 0 where none is left."""
+    h, w = image.shape[:2]
+    results = segmenter.segment_boxes(segmenter.encode(image), np.asarray(boxes, np.float32))
+    out = []
+    for result, (x1, y1, x2, y2) in zip(results, np.asarray(boxes, np.float64)):
+        inside = rotated_box_mask([x1 - margin, y1 - margin, x2 + margin, y2 + margin], 0, h, w)
+        full = result.full() & inside
+        out.append(dataclasses.replace(result, crop=full, origin=(0, 0)))
+    return out
 
 
 def micro_adapter(model_id: str, name: str = "sam2-micro"):

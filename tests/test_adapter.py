@@ -11,7 +11,7 @@ import dtlpy as dl
 import numpy as np
 import pytest
 
-from conftest import Progress, micro_adapter
+from conftest import Progress, box_masks, micro_adapter
 from model_adapter import _download_image
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import (enclosing_box, mask_iou, png_data_url_to_mask, polygons_to_mask, rotated_box_mask,
@@ -83,8 +83,8 @@ def without_specks(mask, min_area):
 
 
 def core_masks(adapter, scene):
-    """What the core computes for the scene's boxes: the adapter must deliver exactly these."""
-    return adapter.segmenter.segment_boxes(adapter.segmenter.encode(scene.image), scene.boxes)
+    """SAM 2's masks of the scene's boxes, cut at the boxes: the adapter must deliver exactly these."""
+    return box_masks(adapter.segmenter, scene.image, scene.boxes)
 
 
 def test_box_to_polygon_keeps_parts_and_holes(adapter, scenes):
@@ -181,6 +181,21 @@ def test_bad_boxes_are_reported_by_id_and_the_rest_come_back(adapter, scenes, ca
     assert "a-point" in progress.messages[0] and "garbage" in progress.messages[0]
 
 
+def test_box_margin_lets_masks_reach_past_their_boxes(adapter, scenes, monkeypatch):
+    """Box to Segmentation cuts SAM 2's mask at the box; `box_margin` keeps that many pixels more on every side."""
+    scene = scenes[0]
+    boxes = [box_json(f"m-{k}", b) for k, b in enumerate(scene.boxes)]
+    tight = core_masks(adapter, scene)
+    monkeypatch.setattr(adapter, "settings", adapter.settings.__class__.from_mapping(
+        {**adapter.settings.as_dict(), "box_margin": "10"}))
+    out = adapter.box_to_segmentation(item=make_item("item-margin", scene.image), annotations=boxes)
+    loose = box_masks(adapter.segmenter, scene.image, scene.boxes, margin=10)
+    assert sum(a.area > b.area for a, b in zip(loose, tight)) >= 2, "the scene's masks must spill past their boxes"
+    assert [a["id"] for a in out] == [b["id"] for b, r in zip(boxes, loose) if r.area]
+    for ann in out:
+        assert np.array_equal(png_data_url_to_mask(ann["coordinates"]), loose[int(ann["id"][2:])].full())
+
+
 def test_rotated_box_mask_stays_inside(adapter, scenes):
     scene = scenes[2]
     item = make_item("item-rot", scene.image)
@@ -237,7 +252,7 @@ def test_image_kinds_are_converted(adapter, scenes, convert):
     item = make_item(f"item-{convert}", data=bytes(data))
     assert np.array_equal(_download_image(item), expected)
     out = adapter.box_to_segmentation(item=item, annotations=[box_json("a", scenes[3].boxes[0])])
-    (direct,) = adapter.segmenter.segment_boxes(adapter.segmenter.encode(expected), scenes[3].boxes[:1])
+    (direct,) = box_masks(adapter.segmenter, expected, scenes[3].boxes[:1])
     assert [a["id"] for a in out] == (["a"] if direct.area else [])
 
 
@@ -316,7 +331,7 @@ def test_a_new_item_version_encodes_again_only_when_the_image_changed(adapter, s
     out = adapter.box_to_segmentation(item=make_item("versioned", edited.image, updated_at="2026-12-02T10:01:00Z"),
                                       annotations=[box_json("b", edited.boxes[0])])
     assert encoded == [1], "an edited image must be encoded again"
-    (direct,) = adapter.segmenter.segment_boxes(adapter.segmenter.encode(edited.image), edited.boxes[:1])
+    (direct,) = box_masks(adapter.segmenter, edited.image, edited.boxes[:1])
     assert np.array_equal(dl.Annotation.from_json(out[0]).annotation_definition.geo, direct.full())
 
 
@@ -347,7 +362,7 @@ def test_an_item_version_is_downloaded_once_by_concurrent_requests_and_one_witho
     out = adapter.box_to_segmentation(item=make_item("item-unversioned", edited.image),
                                       annotations=[box_json("e", edited.boxes[0])])
     assert downloads == ["item-unversioned"] * 2
-    (direct,) = adapter.segmenter.segment_boxes(adapter.segmenter.encode(edited.image), edited.boxes[:1])
+    (direct,) = box_masks(adapter.segmenter, edited.image, edited.boxes[:1])
     assert np.array_equal(dl.Annotation.from_json(out[0]).annotation_definition.geo, direct.full())
 
 

@@ -25,7 +25,7 @@ import dtlpy as dl
 import numpy as np
 import pytest
 
-from conftest import CLIP_SIZE, box_of, core_run, micro_adapter, polygon_of
+from conftest import CLIP_SIZE, box_masks, box_of, core_run, micro_adapter, polygon_of
 from model_adapter import ModelAdapter
 from sam2_adapter.config import Settings
 from sam2_adapter.errors import InputError
@@ -316,7 +316,7 @@ def test_mixed_batch_keeps_items_apart_and_reports_problems(adapter, clip, video
 
     for n in range(2):  # the images: every box a mask, as the core computes it
         scene = scenes[n]
-        core = adapter.segmenter.segment_boxes(adapter.segmenter.encode(scene.image), scene.boxes)
+        core = box_masks(adapter.segmenter, scene.image, scene.boxes)
         got = platform.uploaded[f"mix-img-{n}"]
         assert len(got) == sum(1 for r in core if r.area)
         for annotation in got:
@@ -349,8 +349,7 @@ def test_image_results_are_the_same_with_the_geometry_beside_the_decoder(adapter
     decoder runs the next box: the same annotations, in the same order, on the same item."""
     configure(output_type="both")
     scene = scenes[3]
-    masked = sum(1 for r in adapter.segmenter.segment_boxes(adapter.segmenter.encode(scene.image), scene.boxes)
-                 if r.area)
+    masked = sum(1 for r in box_masks(adapter.segmenter, scene.image, scene.boxes) if r.area)
     definitions = adapter._definitions
     uploaded, threads = {}, {}
     for overlap in (False, True):
@@ -432,7 +431,7 @@ def test_temporary_video_is_deleted_when_an_item_fails(adapter, clip, video, sce
     assert "RuntimeError" in line["message"] and "tracker exploded" in line["message"]
     (line,) = [line for line in adapter.report if line["item"] == gone.id]
     assert "vb-gone" in line["message"] and "KeyError" in line["message"]
-    (core,) = adapter.segmenter.segment_boxes(adapter.segmenter.encode(scenes[2].image), scenes[2].boxes[:1])
+    (core,) = box_masks(adapter.segmenter, scenes[2].image, scenes[2].boxes[:1])
     assert len(platform.uploaded[image.id]) == (1 if core.area else 0), "the image in the same batch went on"
 
 

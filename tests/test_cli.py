@@ -16,6 +16,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from conftest import box_masks
 from sam2_adapter import cli
 from sam2_adapter.coco import auto, boxes_to_masks, mask_annotation_fields, run_pipeline
 from sam2_adapter.config import Settings
@@ -75,19 +76,20 @@ def dataset(tmp_path):
     return write_dataset(tmp_path, 3)
 
 
-@pytest.mark.parametrize("batch", ["1", "2"])  # images encoded one by one, and two together
-def test_boxes_to_masks_round_trips_through_pycocotools(dataset, segmenter, tmp_path, capsys, batch):
+# images encoded one by one, and two together; masks cut at the boxes, or 4.5 px past them
+@pytest.mark.parametrize("batch, margin", [("1", "0"), ("2", "4.5")])
+def test_boxes_to_masks_round_trips_through_pycocotools(dataset, segmenter, tmp_path, capsys, batch, margin):
     coco_in, scenes = dataset
     out = tmp_path / "out" / "masks.json"
     assert cli.main(["boxes-to-masks", str(coco_in.parent / "images"), str(coco_in), "--out", str(out),
-                     "--no-progress", "--batch", batch, *MODEL_ARGS]) == 0
+                     "--no-progress", "--batch", batch, "--box-margin", margin, *MODEL_ARGS]) == 0
     assert "3 images" in capsys.readouterr().out
     source = json.loads(coco_in.read_text())
     result = COCO(str(out))
     assert len(result.anns) == len(source["annotations"])
     assert not Path(str(out) + ".partial").exists()
     for image_id, scene in scenes.items():
-        direct = segmenter.segment_boxes(segmenter.encode(scene.image), scene.boxes)
+        direct = box_masks(segmenter, scene.image, scene.boxes, float(margin))
         anns = [a for a in source["annotations"] if a["image_id"] == image_id]
         for ann, expected in zip(anns, direct):
             got = result.anns[ann["id"]]
@@ -135,7 +137,7 @@ def test_polygons_and_previews(dataset, segmenter, tmp_path):
     result = COCO(str(out))
     ious = []
     for image_id, scene in scenes.items():
-        direct = segmenter.segment_boxes(segmenter.encode(scene.image), scene.boxes)
+        direct = box_masks(segmenter, scene.image, scene.boxes)
         for ann, expected in zip(result.imgToAnns[image_id], direct):
             rings = ann["segmentation"]
             assert isinstance(rings, list) and rings and all(len(ring) >= 6 for ring in rings)

@@ -358,6 +358,7 @@ def test_studio_service(dpk, module):
     ("mask_threshold", -1.5, -1.5),  # a logit: a negative threshold grows the mask
     ("video_max_frames", "12", 12),  # numbers typed as strings in the platform's configuration editor
     ("proposal_points_per_side", 16.0, 16),
+    ("box_margin", "2.5", 2.5),
 ])
 def test_configuration_numbers_are_read_as_meant(key, value, expected):
     assert getattr(Settings.from_mapping({key: value}), key) == expected
@@ -369,6 +370,7 @@ def test_configuration_numbers_are_read_as_meant(key, value, expected):
     ("max_prompts_per_call", 0, "at least 1"),  # a decoder call of no prompts never ends a request
     ("polygon_tolerance", float("nan"), "finite"),
     ("polygon_min_area", -1, "negative"),
+    ("box_margin", -2, "negative"),
     ("replace_boxes", 1, "true or false"),
     ("proposal_pred_iou_thresh", 2, r"\[0, 1\]"),  # the proposal keys have their own ranges
     ("proposal_points_per_side", True, "integer"),

@@ -34,13 +34,14 @@ from sam2_adapter.embeddings import ImageFeatures  # noqa: E402
 from sam2_adapter.geometry import mask_iou  # noqa: E402
 from sam2_adapter.models import CheckpointError, load_model, spec_for  # noqa: E402
 from sam2_adapter.scenes import make_clip, make_scene, mask_box, next_click, write_jpeg_folder  # noqa: E402
-from sam2_adapter.segment import ImageSegmenter  # noqa: E402
+from sam2_adapter.errors import InputError  # noqa: E402
+from sam2_adapter.segment import BoxPrompt, ImageSegmenter, segment_box_prompts  # noqa: E402
 
 HELD_OUT_SEED = 20261122
 
 
 def evaluate_images(segmenter: ImageSegmenter, rng: np.random.Generator, n_scenes: int) -> dict:
-    box_ious, click_ious = [], {1: [], 3: []}
+    box_ious, cut_ious, click_ious = [], [], {1: [], 3: []}
     low_res_ious, probe_ious = [], []
     for _ in range(n_scenes):
         scene = make_scene(rng)
@@ -51,6 +52,10 @@ def evaluate_images(segmenter: ImageSegmenter, rng: np.random.Generator, n_scene
             if low_target.sum() >= 4:  # objects of a few low-res cells say nothing about either
                 low_res_ious.append(mask_iou(result.low_res_logits[0] > 0, low_target))
                 probe_ious.append(feature_probe_iou(features, low_target, box))
+        # as Box to Segmentation gives them: cut at the box (a box with nothing left inside: an empty mask)
+        prompts = [BoxPrompt(f"box {k}", box) for k, box in enumerate(scene.boxes)]
+        for outcome, target in zip(segment_box_prompts(segmenter, features, prompts), scene.masks):
+            cut_ious.append(0.0 if isinstance(outcome, InputError) else mask_iou(outcome.full(), target))
         for target in scene.masks:
             points, labels, logits = [], [], None
             pred = np.zeros_like(target)
@@ -65,6 +70,7 @@ def evaluate_images(segmenter: ImageSegmenter, rng: np.random.Generator, n_scene
     return {
         "objects": len(box_ious),
         "box_miou": float(np.mean(box_ious)),
+        "box_miou_cut_at_box": float(np.mean(cut_ious)),
         "box_masks_below_0.3": float(np.mean(np.array(box_ious) < 0.3)),
         "box_miou_low_res": float(np.mean(low_res_ious)),
         "feature_probe_miou_low_res": float(np.mean(probe_ious)),
