@@ -6,9 +6,9 @@ sequential approach, measured in one run on the same images, printed as images p
     python bench/bench_batch.py --polygons      # also time the job with polygon output
     python bench/bench_batch.py --device cuda   # on a GPU (bf16 autocast, as the adapter runs there)
 
-Polygon output is off by default with random weights: their masks cover most of the image with thousands of
-holes, and tracing each hole into the polygon (`geometry.mask_to_polygons`) takes seconds a mask, which says
-nothing about real masks. `dl.Polygon.from_segmentation` in the existing approach keeps outer contours only.
+Polygon output is off by default with random weights: their masks are noise, specks and holes all over
+each box, and tracing every one into the polygons (`geometry.mask_to_polygons`) says nothing about real masks.
+`dl.Polygon.from_segmentation` in the existing approach keeps outer contours only.
 
 16 generated 1280x720 images with 10 boxes each, written as PNG files with a COCO file of the boxes.
 
