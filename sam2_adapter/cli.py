@@ -593,7 +593,7 @@ def main(argv=None) -> int:
     boxes.add_argument("images", help="the images folder (file_name in the COCO file is relative to it)")
     boxes.add_argument("coco", help="the COCO JSON file with box annotations")
     _add_job_arguments(boxes)
-    boxes.add_argument("--box-margin", type=_number(0.0), default=0.0,
+    boxes.add_argument("--box-margin", metavar="PX", type=_number(0.0), default=0.0,
                        help="pixels a mask may reach past its box on each side (default 0: cut at the box)")
     boxes.set_defaults(run=run_boxes_to_masks)
 

@@ -155,7 +155,7 @@ class ImageSegmenter:
                    within: Sequence[tuple[int, int, int, int]] | None = None) -> Iterator[MaskResult]:
         """`segment_boxes`, a mask at a time as each decoder call ends: the caller can work on the first masks
         while the decoder runs the next call. `within`, when given, bounds each box's mask to pixels x0, y0, x1,
-        y1 (nothing outside them is upsampled)."""
+        y1 (nothing outside them is kept; see `upsample_logits`)."""
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 2, 2)
         labels = np.tile(np.array(_BOX_LABELS, dtype=np.int32), (len(boxes), 1))
         return self._decode_iter(features, boxes, labels, None, multimask=False, within=within)
@@ -326,7 +326,7 @@ def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prom
     place and never costs the others their masks.
 
     Each mask is the object inside its box: pixels whose centre lies beyond the box grown by `margin` pixels on
-    every side are not kept (nor upsampled). SAM 2 prompted with a box can spill past it onto what lies beside
+    every side are not kept (and upsampled only where that is cheaper, see `upsample_logits`). SAM 2 prompted with a box can spill past it onto what lies beside
     the object (the micro model does, often); the studio's click refinement crops its mask to the box too. A
     rotated box prompts SAM 2 with its enclosing box and keeps only the mask inside the rotated rectangle (grown
     by `margin` the same way).
