@@ -41,8 +41,8 @@ class Settings:
     mask_threshold: float = 0.0
     """Logit above which a pixel is in the mask."""
     box_margin: float = 0.0
-    """Pixels a box's mask may reach past the box on each side: SAM 2's mask is cut where it leaves the box grown by
-    this much (0: the object inside the box, as the studio's click refinement crops it)."""
+    """Pixels a box's mask may reach past the box on each side: SAM 2's mask is cut where pixel centres leave the box
+    grown by this much (0: the object inside the box; the studio's click refinement crops to the box as well)."""
     polygon_tolerance: float = 1.0
     """Douglas-Peucker tolerance in pixels when a mask becomes polygons."""
     polygon_min_area: float = 8.0

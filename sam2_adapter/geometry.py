@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_MIN_AREA",
     "DEFAULT_MIN_IOU",
     "PNG_DATA_URL_PREFIX",
+    "box_region",
     "enclosing_box",
     "mask_iou",
     "mask_to_box",
@@ -748,15 +749,20 @@ def enclosing_box(box, angle: float) -> np.ndarray:
     return np.array([c[:, 0].min(), c[:, 1].min(), c[:, 0].max(), c[:, 1].max()])
 
 
-def rotated_box_mask(box, angle_degrees: float, height: int, width: int) -> np.ndarray:
+def rotated_box_mask(box, angle_degrees: float, height: int, width: int,
+                     origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """(height, width) bool mask of the rectangle ``box`` rotated by ``angle_degrees`` about its centre.
 
     Pixel ``(row, col)`` is in when its centre ``(col + 0.5, row + 0.5)`` lies in the rotated rectangle, so an
     unrotated box ``x1, y1, x2, y2`` with integer corners gives exactly ``mask[y1:y2, x1:x2]``, and a 90-degree
-    turn of a w x h box gives h x w pixels. Computed as one column interval per row (the rectangle is
-    convex) inside the enclosing box, so the cost is that box's area, not the image's.
+    turn of a w x h box gives h x w pixels. An unrotated box is decided exactly, ``x1 <= col + 0.5 < x2`` (an
+    edge through pixel centres keeps the pixels on its left and top edges). Computed as one column interval per
+    row (the rectangle is convex) inside the enclosing box, so the cost is that box's area, not the image's.
+    ``origin`` (x0, y0): the mask covers the image pixels x0 .. x0 + width, y0 .. y0 + height instead, with
+    the same decisions as the whole image's mask there (they are made in image coordinates).
     """
     h, w = _check_size(height, width)
+    ox, oy = (int(v) for v in origin)
     out = np.zeros((h, w), dtype=bool)
     b = np.asarray(box, dtype=np.float64).reshape(-1)
     if b.size != 4 or not np.isfinite(b).all():
@@ -765,17 +771,21 @@ def rotated_box_mask(box, angle_degrees: float, height: int, width: int) -> np.n
     y1, y2 = sorted((b[1], b[3]))
     half_w, half_h = (x2 - x1) / 2, (y2 - y1) / 2
     cx, cy = x1 + half_w, y1 + half_h
-    ex1, ey1, ex2, ey2 = enclosing_box(b, angle_degrees)
-    row0, row1 = max(int(math.floor(ey1)) - 1, 0), min(int(math.ceil(ey2)) + 1, h)
-    col0, col1 = max(int(math.floor(ex1)) - 1, 0), min(int(math.ceil(ex2)) + 1, w)
-    if row0 >= row1 or col0 >= col1 or half_w <= 0 or half_h <= 0:
-        return out
     t = math.radians(float(angle_degrees))
     cos, sin = math.cos(t), math.sin(t)
     if abs(cos) < 1e-12:
         cos = 0.0
     if abs(sin) < 1e-12:
         sin = 0.0
+    if cos == 1.0 and sin == 0.0:
+        (c0, c1), (r0, r1) = _centre_span(x1, x2), _centre_span(y1, y2)
+        out[max(r0 - oy, 0):max(r1 - oy, 0), max(c0 - ox, 0):max(c1 - ox, 0)] = True
+        return out
+    ex1, ey1, ex2, ey2 = enclosing_box(b, angle_degrees)
+    row0, row1 = max(int(math.floor(ey1)) - 1, oy), min(int(math.ceil(ey2)) + 1, oy + h)
+    col0, col1 = max(int(math.floor(ex1)) - 1, ox), min(int(math.ceil(ex2)) + 1, ox + w)
+    if row0 >= row1 or col0 >= col1 or half_w <= 0 or half_h <= 0:
+        return out
     # Back in the box's own frame, u = R(-angle)(p - c): u_x = cos*dx + sin*dy, u_y = -sin*dx + cos*dy, and
     # the pixel is in when -half_w <= u_x < half_w and -half_h <= u_y < half_h. For each row (fixed dy) each
     # condition bounds dx to an interval; intersect them.
@@ -792,5 +802,36 @@ def rotated_box_mask(box, angle_degrees: float, height: int, width: int) -> np.n
         lo = np.maximum(lo, np.minimum(e1, e2))
         hi = np.minimum(hi, np.maximum(e1, e2))
     dx = np.arange(col0, col1, dtype=np.float64) + 0.5 - cx
-    out[row0:row1, col0:col1] = (dx[None, :] >= lo[:, None]) & (dx[None, :] < hi[:, None])
+    out[row0 - oy:row1 - oy, col0 - ox:col1 - ox] = (dx[None, :] >= lo[:, None]) & (dx[None, :] < hi[:, None])
     return out
+
+
+def _centre_span(lo: float, hi: float) -> tuple[int, int]:
+    """The pixels i (half-open range) whose centres i + 0.5 lie in [lo, hi)."""
+    return math.ceil(lo - 0.5), math.ceil(hi - 0.5)
+
+
+def box_region(box, angle_degrees: float, height: int, width: int
+               ) -> tuple[tuple[int, int, int, int], np.ndarray | None] | None:
+    """The pixels of an (height, width) image whose centres lie in ``box`` rotated by ``angle_degrees`` (the rule
+    of ``rotated_box_mask``), without a mask of the whole image: ``(window, inside)``, where ``window`` x0, y0,
+    x1, y1 (half-open) bounds them tightly and ``inside`` is the window's mask for a rotated box, None for an
+    unrotated one (every pixel of its window is in). None when no pixel centre of the image lies in the box.
+    """
+    b = np.asarray(box, dtype=np.float64).reshape(-1)
+    (x1, x2), (y1, y2) = sorted(b[0::2]), sorted(b[1::2])
+    if not angle_degrees or float(angle_degrees) % 360 == 0:
+        (c0, c1), (r0, r1) = _centre_span(x1, x2), _centre_span(y1, y2)
+        c0, c1, r0, r1 = max(c0, 0), min(c1, width), max(r0, 0), min(r1, height)
+        return ((c0, r0, c1, r1), None) if c0 < c1 and r0 < r1 else None
+    ex1, ey1, ex2, ey2 = enclosing_box(b, angle_degrees)
+    c0, r0 = max(math.floor(ex1), 0), max(math.floor(ey1), 0)
+    c1, r1 = min(math.ceil(ex2), width), min(math.ceil(ey2), height)
+    if c0 >= c1 or r0 >= r1:
+        return None
+    inside = rotated_box_mask(b, angle_degrees, r1 - r0, c1 - c0, origin=(c0, r0))
+    tight = _bounds(inside)
+    if tight is None:
+        return None
+    t0, t1, s0, s1 = tight
+    return (c0 + s0, r0 + t0, c0 + s1, r0 + t1), np.ascontiguousarray(inside[t0:t1, s0:s1])

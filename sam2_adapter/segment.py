@@ -23,7 +23,7 @@ from sam2.utils.transforms import SAM2Transforms
 
 from sam2_adapter.embeddings import EmbeddingCache, ImageFeatures
 from sam2_adapter.errors import InputError
-from sam2_adapter.geometry import enclosing_box, rotated_box_mask, validate_box
+from sam2_adapter.geometry import box_region, enclosing_box, validate_box
 from sam2_adapter.models import inference_context
 from sam2_adapter.upsample import upsample_logits
 
@@ -326,10 +326,11 @@ def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prom
     place and never costs the others their masks.
 
     Each mask is the object inside its box: pixels whose centre lies beyond the box grown by `margin` pixels on
-    every side are not kept (and upsampled only where that is cheaper, see `upsample_logits`). SAM 2 prompted with a box can spill past it onto what lies beside
-    the object (the micro model does, often); the studio's click refinement crops its mask to the box too. A
-    rotated box prompts SAM 2 with its enclosing box and keeps only the mask inside the rotated rectangle (grown
-    by `margin` the same way).
+    every side are not kept (`geometry.box_region`), and upsampled only where that is cheaper (`upsample_logits`).
+    SAM 2 prompted with a box can spill past it onto what lies beside the object (the micro model does, often);
+    the studio's click refinement crops its mask to the box as well (there with the corners truncated to whole
+    pixels). A rotated box prompts SAM 2 with its enclosing box and keeps only the mask inside the rotated
+    rectangle (grown by `margin` the same way). A box that holds no pixel's centre is reported before decoding.
 
     `then(index, mask)`, when given, turns the mask of `prompts[index]` into what the caller wants (polygons,
     annotations) and its value takes the mask's place. Where the segmenter `overlaps_then`, it runs on a worker
@@ -338,17 +339,21 @@ def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prom
     if not (math.isfinite(margin) and margin >= 0):
         raise InputError(f"box margin: expected a finite number of pixels >= 0, got {margin!r}")
     height, width = features.orig_hw
+    margin = min(margin, height + width)  # a larger one keeps no more, and keeps the arithmetic finite
     outcomes: list = [None] * len(prompts)
     valid: list[tuple[int, np.ndarray]] = []
-    kept: dict[int, tuple[np.ndarray, float]] = {}  # index -> the box its mask stays inside, and its angle
+    kept: dict[int, tuple] = {}  # index -> the pixels its mask may keep (`geometry.box_region`)
     for index, prompt in enumerate(prompts):
         try:
             angle = float(prompt.angle or 0.0)
             if not math.isfinite(angle):
                 raise InputError(f"{prompt.name}: box angle {prompt.angle!r} is not a number")
-            box = enclosing_box(prompt.box, angle) if angle else prompt.box
-            valid.append((index, validate_box(box, width, height, prompt.name)))
-            kept[index] = _grown(prompt.box, margin), angle
+            box = validate_box(enclosing_box(prompt.box, angle) if angle else prompt.box, width, height, prompt.name)
+            region = box_region(_grown(prompt.box, margin), angle, height, width)
+            if region is None:
+                raise InputError(f"{prompt.name}: the box holds no pixel's centre (it is thinner than a pixel)")
+            valid.append((index, box))
+            kept[index] = region
         except InputError as error:
             outcomes[index] = error
     if not valid:
@@ -357,12 +362,12 @@ def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prom
     def finish(index: int, result: MaskResult):
         prompt = prompts[index]
         if result.area:
-            result = _clip_to_box(result, *kept[index])
+            result = _clip_to_region(result, *kept[index])
         if not result.area:
             return InputError(f"{prompt.name}: SAM 2 found no object inside the box")
         return result if then is None else then(index, result)
 
-    within = [_pixel_bounds(*kept[index], height, width) for index, _ in valid]
+    within = [kept[index][0] for index, _ in valid]
     masks = segmenter.iter_boxes(features, np.stack([box for _, box in valid]), within)
     if then is None or not segmenter.overlaps_then(features, len(valid)):
         for (index, _), result in zip(valid, masks):
@@ -389,15 +394,12 @@ def _grown(box: Sequence[float], margin: float) -> np.ndarray:
     return np.array([x1 - margin, y1 - margin, x2 + margin, y2 + margin])
 
 
-def _pixel_bounds(box: np.ndarray, angle: float, height: int, width: int) -> tuple[int, int, int, int]:
-    """Pixel bounds x0, y0, x1, y1 of the image (half-open) around `box` rotated by `angle`."""
-    x1, y1, x2, y2 = enclosing_box(box, angle)
-    return (max(math.floor(x1), 0), max(math.floor(y1), 0), min(math.ceil(x2), width), min(math.ceil(y2), height))
-
-
-def _clip_to_box(result: MaskResult, box: np.ndarray, angle: float) -> MaskResult:
-    """The mask where pixel centres lie inside `box` rotated by `angle` (see `geometry.rotated_box_mask`)."""
+def _clip_to_region(result: MaskResult, window: tuple[int, int, int, int], inside: np.ndarray | None) -> MaskResult:
+    """The mask kept to a `geometry.box_region`: its crop lies in `window` already (upsampled within it), so only a
+    rotated box's `inside` is left to apply."""
+    if inside is None:
+        return result
     x0, y0 = result.origin
     h, w = result.crop.shape
-    inside = rotated_box_mask(box - [x0, y0, x0, y0], angle, h, w)
-    return dataclasses.replace(result, crop=result.crop & inside)
+    top, left = y0 - window[1], x0 - window[0]
+    return dataclasses.replace(result, crop=result.crop & inside[top:top + h, left:left + w])

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sam2_adapter.models import load_named_model  # noqa: E402
-from sam2_adapter.geometry import mask_to_polygons, rotated_box_mask  # noqa: E402
+from sam2_adapter.geometry import mask_to_polygons  # noqa: E402
 from sam2_adapter.scenes import make_clip, make_scene, mask_box, write_video  # noqa: E402
 from sam2_adapter.segment import ImageSegmenter  # noqa: E402
 
@@ -55,17 +55,20 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def inside_box(box, margin: float, height: int, width: int) -> np.ndarray:
+    """(height, width): the pixels whose centres lie in the upright box x1, y1, x2, y2 grown by `margin`."""
+    (x1, x2), (y1, y2) = sorted(box[0::2]), sorted(box[1::2])
+    xs, ys = np.arange(width) + 0.5, np.arange(height) + 0.5
+    return ((ys >= y1 - margin) & (ys < y2 + margin))[:, None] & ((xs >= x1 - margin) & (xs < x2 + margin))[None, :]
+
+
 def box_masks(segmenter, image, boxes, margin: float = 0.0) -> list:
     """What Box to Segmentation must give for each (upright) box: SAM 2's own mask of the box (the segmenter's,
     uncut) where pixel centres lie inside the box grown by `margin`. MaskResults; `.area` 0 where none is left."""
     h, w = image.shape[:2]
     results = segmenter.segment_boxes(segmenter.encode(image), np.asarray(boxes, np.float32))
-    out = []
-    for result, (x1, y1, x2, y2) in zip(results, np.asarray(boxes, np.float64)):
-        inside = rotated_box_mask([x1 - margin, y1 - margin, x2 + margin, y2 + margin], 0, h, w)
-        full = result.full() & inside
-        out.append(dataclasses.replace(result, crop=full, origin=(0, 0)))
-    return out
+    return [dataclasses.replace(result, crop=result.full() & inside_box(box, margin, h, w), origin=(0, 0))
+            for result, box in zip(results, np.asarray(boxes, np.float64))]
 
 
 def micro_adapter(model_id: str, name: str = "sam2-micro"):

@@ -14,8 +14,8 @@ from sam2_adapter.embeddings import EmbeddingCache, ImageFeatures
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import enclosing_box, mask_iou, rotated_box_mask, validate_box
 from sam2_adapter.scenes import next_click
-from sam2_adapter.segment import (BoxPrompt, ImageSegmenter, MaskResult, RefinementMemory, _clip_to_box,
-                                  segment_box_prompts)
+from conftest import inside_box
+from sam2_adapter.segment import BoxPrompt, ImageSegmenter, RefinementMemory, segment_box_prompts
 from sam2_adapter.upsample import positive_region, upsample_logits
 
 
@@ -148,6 +148,7 @@ def test_bad_boxes_are_reported_and_the_others_still_segmented(segmenter, scenes
         BoxPrompt("annotation outside-box", [w + 10, h + 10, w + 50, h + 60]),
         BoxPrompt("annotation inverted", scene.boxes[1][[2, 3, 0, 1]]),
         BoxPrompt("annotation bad-angle", scene.boxes[0], angle=float("nan")),
+        BoxPrompt("annotation sliver", [scene.boxes[0][0] + 0.6, 5, scene.boxes[0][0] + 1.4, 60]),  # no pixel centre
     ]
     outcomes = segment_box_prompts(segmenter, segmenter.encode(scene.image), prompts)
     for prompt, outcome in zip(prompts, outcomes):
@@ -156,9 +157,10 @@ def test_bad_boxes_are_reported_and_the_others_still_segmented(segmenter, scenes
         else:
             assert isinstance(outcome, InputError) and prompt.name in str(outcome), (prompt.name, outcome)
     direct = segmenter.segment_boxes(segmenter.encode(scene.image), scene.boxes[:2])
-    inside = [rotated_box_mask(box, 0, h, w) for box in scene.boxes[:2]]
+    inside = [inside_box(box, 0, h, w) for box in scene.boxes[:2]]
     assert np.array_equal(outcomes[0].full(), direct[0].full() & inside[0])
     assert np.array_equal(outcomes[5].full(), direct[1].full() & inside[1]), "inverted corners are put in order"
+    assert "no pixel's centre" in str(outcomes[-1]), "a box thinner than a pixel is not blamed on SAM 2"
 
 
 def test_then_runs_on_each_mask_beside_the_decoder_in_order(micro_model, scenes):
@@ -235,7 +237,7 @@ def test_box_partly_outside_is_clamped(segmenter, scenes):
     (outcome,) = segment_box_prompts(segmenter, features, [BoxPrompt("annotation a", grown)])
     assert not isinstance(outcome, InputError), outcome
     (direct,) = segmenter.segment_boxes(features, clamped[None])
-    assert np.array_equal(outcome.full(), direct.full() & rotated_box_mask(clamped, 0, h, w))
+    assert np.array_equal(outcome.full(), direct.full() & inside_box(clamped, 0, h, w))
 
 
 def test_box_mask_is_cut_at_the_box_grown_by_the_margin(segmenter, scenes):
@@ -245,19 +247,24 @@ def test_box_mask_is_cut_at_the_box_grown_by_the_margin(segmenter, scenes):
     for scene in scenes[:4]:
         h, w = scene.image.shape[:2]
         features = segmenter.encode(scene.image)
-        raw = segmenter.segment_boxes(features, scene.boxes)
-        prompts = [BoxPrompt(f"annotation {k}", box) for k, box in enumerate(scene.boxes)]
-        for margin in (0.0, 6.5):
+        # the boxes as drawn, and moved by fractions of a pixel (edges through pixel centres among them)
+        boxes = np.concatenate([scene.boxes, scene.boxes + [0.5, -0.3, 0.2, 0.5],
+                                scene.boxes + [0.2, 0.2, -0.2, -0.2]]).astype(np.float64)
+        raw = segmenter.segment_boxes(features, boxes.clip(0, [w, h, w, h]))  # SAM 2 is prompted with them clamped
+        prompts = [BoxPrompt(f"annotation {k}", box) for k, box in enumerate(boxes)]
+        for margin in (0.0, 3.7, 6.5):
             outcomes = segment_box_prompts(segmenter, features, prompts, margin=margin)
             for prompt, direct, outcome in zip(prompts, raw, outcomes, strict=True):
-                x1, y1, x2, y2 = prompt.box
-                inside = rotated_box_mask([x1 - margin, y1 - margin, x2 + margin, y2 + margin], 0, h, w)
+                inside = inside_box(prompt.box, margin, h, w)
                 expected = direct.full() & inside
                 if expected.any():
                     assert np.array_equal(outcome.full(), expected), (prompt.name, margin)
                 else:
                     assert isinstance(outcome, InputError) and prompt.name in str(outcome)
                 spills += margin == 0 and bool((direct.full() & ~inside).any())
+        # a margin past the image's size keeps SAM 2's whole mask
+        for direct, outcome in zip(raw, segment_box_prompts(segmenter, features, prompts, margin=1e308)):
+            assert np.array_equal(outcome.full(), direct.full())
     assert spills >= 5, "too few spills in the scenes for this test to mean anything"
     for bad in (-1.0, float("nan")):
         with pytest.raises(InputError, match="box margin"):
@@ -272,17 +279,14 @@ def test_rotated_box_keeps_only_the_mask_inside_the_rotated_rectangle(segmenter,
     h, w = scene.image.shape[:2]
     enclosing = validate_box(enclosing_box(scene.boxes[0], 30.0), w, h, "enclosing box")
     (direct,) = segmenter.segment_boxes(features, enclosing[None])
-    (outcome,) = segment_box_prompts(segmenter, features, [prompt])
-    inside = rotated_box_mask(scene.boxes[0], 30.0, h, w)
-    expected = direct.full() & inside
-    if not expected.any():
-        assert isinstance(outcome, InputError) and "annotation rot" in str(outcome)
-    else:
-        assert np.array_equal(outcome.full(), expected), "the enclosing box's mask, cut to the rotated rectangle"
-    # the same clipping on a mask that fills the whole crop: exactly the rotated rectangle remains
-    full = MaskResult(np.ones((80, 120), bool), (10, 20), (200, 300), 0.9, np.zeros((1, 64, 64), np.float32))
-    clipped = _clip_to_box(full, np.array([30.0, 40, 110, 80]), -25.0)
-    assert np.array_equal(clipped.full(), rotated_box_mask((30, 40, 110, 80), -25.0, 200, 300) & full.full())
+    for margin in (0.0, 5.0):  # the rotated rectangle grown by the margin; SAM 2's prompt stays the same
+        (outcome,) = segment_box_prompts(segmenter, features, [prompt], margin=margin)
+        inside = rotated_box_mask(scene.boxes[0] + [-margin, -margin, margin, margin], 30.0, h, w)
+        expected = direct.full() & inside
+        if not expected.any():
+            assert isinstance(outcome, InputError) and "annotation rot" in str(outcome)
+        else:
+            assert np.array_equal(outcome.full(), expected), "the enclosing box's mask, cut to the rotated rectangle"
 
 
 def test_threads_each_get_their_own_images_masks(segmenter, scenes):
