@@ -503,11 +503,14 @@ class ModelAdapter(dl.BaseModelAdapter):
             then=lambda k, result: self._mask_annotations(item, result, sources[k].label, sources[k].attributes,
                                                           _metadata(sources[k])),
             margin=self.settings.box_margin)
+        kept = "; the box is kept" if self.settings.replace_boxes else ""
         for outcome in outcomes:
             if isinstance(outcome, InputError):
-                self._report(item, f"item {item.id}: {outcome}")
+                self._report(item, f"item {item.id}: {outcome}{kept}")
                 continue
             builder.annotations.extend(outcome)
+        # on the collection, as `sam2_untouched`: their earlier results are kept, and said to be
+        builder.sam2_no_result = frozenset(s.id for s, o in zip(sources, outcomes) if isinstance(o, InputError))
         return True
 
     def _predict_video(self, prepared: "PreparedItem", builder: dl.AnnotationCollection) -> bool:
@@ -577,6 +580,11 @@ class ModelAdapter(dl.BaseModelAdapter):
             self._report(item, f"item {item.id}: {len(predictions) - len(stored)} of {len(predictions)} results were "
                                f"not stored (see the log); the earlier results and the sources they replace are kept")
         doomed = [a.id for a in earlier if _replaces(a) in complete]
+        stale = [f"{a.id} (of {_replaces(a)})" for a in earlier
+                 if _replaces(a) in getattr(predictions, "sam2_no_result", frozenset())]
+        if stale:
+            self._report(item, f"item {item.id}: earlier results of boxes that gave none this run are kept: "
+                               + "; ".join(stale))
         if self.settings.replace_boxes:
             doomed += sorted(complete - {_PROPOSALS} - getattr(predictions, "sam2_keep_sources", frozenset()))
         failed = []

@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import stat
 import re
@@ -44,6 +45,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import cv2
 import numpy as np
 
+from sam2_adapter.config import parse_number
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import DEFAULT_MIN_AREA, mask_to_polygons, mask_to_rle, object_polygons
 from sam2_adapter.images import decode_image
@@ -552,8 +554,10 @@ def boxes_to_masks(images_dir, coco_in, coco_out, segmenter: ImageSegmenter, *, 
     `batch` images are encoded together (None: `default_batch` of the segmenter's device). `model_name` goes
     into the job identity (a journal of another model is not resumed); `on_image_done(id)` is called after each
     image is journaled (progress hooks, tests). Raises InputError only when the job cannot run at all (folder
-    missing, COCO file unreadable or malformed).
+    missing, COCO file unreadable or malformed, an option not a number >= 0), before any work.
     """
+    polygon_tolerance, polygon_min_area, box_margin = (_option(value, name) for value, name in (
+        (polygon_tolerance, "polygon_tolerance"), (polygon_min_area, "polygon_min_area"), (box_margin, "box_margin")))
     images_dir = _check_dir(images_dir)
     check_output(coco_out)
     coco_in = Path(coco_in)
@@ -648,8 +652,10 @@ def auto(images_dir, coco_out, segmenter: ImageSegmenter, settings: ProposalSett
     segmentation, area, score (predicted IoU), stability_score, point_coords (the click), iscrowd 0; ids
     1, 2, ... in image order, best score first within an image. An image that cannot be read is left out of
     `images` and reported. `batch` images are encoded together (None: `default_batch` of the device). Raises
-    InputError when the folder is missing or holds no image.
+    InputError when the folder is missing or holds no image, or a polygon option is not a number >= 0.
     """
+    polygon_tolerance = _option(polygon_tolerance, "polygon_tolerance")
+    polygon_min_area = _option(polygon_min_area, "polygon_min_area")
     images_dir = _check_dir(images_dir)
     check_output(coco_out)
     if previews_dir and Path(previews_dir).resolve() == images_dir:
@@ -735,6 +741,17 @@ def _list_images(images_dir: Path, outputs: list[Path]) -> list[str]:
 
     return sorted(p.relative_to(images_dir).as_posix() for p in images_dir.rglob("*")
                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not ours(p))
+
+
+def _option(value, name: str) -> float:
+    """A job's number option: finite and >= 0 (strings of numbers too), or an InputError naming it."""
+    try:
+        number = parse_number(value, integer=False)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number >= 0:
+        raise InputError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return number
 
 
 def _check_dir(images_dir) -> Path:

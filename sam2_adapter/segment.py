@@ -351,7 +351,8 @@ def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prom
             box = validate_box(enclosing_box(prompt.box, angle) if angle else prompt.box, width, height, prompt.name)
             region = box_region(_grown(prompt.box, margin), angle, height, width)
             if region is None:
-                raise InputError(f"{prompt.name}: the box holds no pixel's centre (it is thinner than a pixel)")
+                raise InputError(f"{prompt.name}: the box covers no pixel's centre of the {width}x{height} image "
+                                 "(its part inside the image is thinner than a pixel)")
             valid.append((index, box))
             kept[index] = region
         except InputError as error:

@@ -16,6 +16,7 @@ from model_adapter import _download_image
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import (enclosing_box, mask_iou, png_data_url_to_mask, polygons_to_mask, rotated_box_mask,
                                    validate_box)
+from sam2_adapter.scenes import make_scene
 from sam2_adapter.segment import ImageSegmenter
 
 _BYTES: dict[str, bytes] = {}
@@ -501,6 +502,36 @@ def configure(adapter, monkeypatch, **values):
 
 def boxes_on(platform, item_id: str) -> list[str]:
     return sorted(j["id"] for j in platform.stored[item_id] if j["type"] == "box")
+
+
+def test_a_box_that_gives_nothing_keeps_its_earlier_result_and_says_so(adapter, platform, monkeypatch):
+    """A job run again where a box now gives no mask (here `box_margin` lowered: SAM 2's mask for this box lies
+    wholly outside it) keeps that box's earlier result and names it in the report; with `replace_boxes` the box
+    itself is kept, and the report says so."""
+    scene = make_scene(np.random.default_rng(0))
+    beside = [155.42, 65.83, 157.83, 67.99]  # a sliver of background; SAM 2 segments what lies just below it
+    tight, loose = (box_masks(adapter.segmenter, scene.image, [beside], margin)[0] for margin in (0, 20))
+    assert loose.area and not tight.area, "the micro checkpoint's mask for this box no longer lies outside it"
+    boxes = [box_json("ok", scene.boxes[0]), box_json("beside", beside)]
+    item = platform.item("gone-empty", scene.image, boxes=boxes)
+    configure(adapter, monkeypatch, box_margin=20)
+    adapter.predict_items([item])
+    assert platform.results("gone-empty") == [("binary", "beside"), ("binary", "ok")]
+    earlier = {j["id"] for j in platform.stored["gone-empty"] if j["type"] == "binary"}
+    configure(adapter, monkeypatch, box_margin=0)
+    adapter.report.clear()
+    adapter.predict_items([item])
+    assert platform.results("gone-empty") == [("binary", "beside"), ("binary", "ok")]
+    (kept,) = [j["id"] for j in platform.stored["gone-empty"] if j["type"] == "binary" and j["id"] in earlier]
+    messages = " | ".join(line["message"] for line in adapter.report)
+    assert "beside" in messages and "SAM 2 found no object" in messages
+    assert f"{kept} (of beside)" in messages and "earlier results of boxes that gave none this run are kept" in messages
+    configure(adapter, monkeypatch, box_margin=0, replace_boxes=True)
+    adapter.report.clear()
+    replaced = platform.item("gone-empty-replaced", scene.image, boxes=boxes)
+    adapter.predict_items([replaced])
+    assert boxes_on(platform, "gone-empty-replaced") == ["beside"]
+    assert any("beside" in line["message"] and "the box is kept" in line["message"] for line in adapter.report)
 
 
 def test_reruns_replace_only_the_results_of_what_they_convert_again(adapter, scenes, platform, monkeypatch):

@@ -1,6 +1,7 @@
 """The local jobs end to end: COCO round trip, problems reported while the rest finishes, resume after a kill."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -125,6 +126,20 @@ def test_problems_are_reported_and_every_other_image_finished(dataset, tmp_path,
         assert reason in report
     assert "skipped 2 images and 2 annotations" in report
     COCO(str(out))  # still a valid COCO file
+
+
+def test_job_options_are_checked_before_any_work(dataset, segmenter, tmp_path):
+    """Called from Python (the CLI's own checks aside), a bad number option is one clear error before the job
+    starts: no journal, no output."""
+    coco_in, _ = dataset
+    out = tmp_path / "checked.json"
+    bad_options = [("box_margin", -1), ("box_margin", None), ("box_margin", "abc"), ("polygon_tolerance", math.nan)]
+    for name, bad in bad_options:
+        with pytest.raises(InputError, match=name):
+            boxes_to_masks(coco_in.parent / "images", coco_in, out, segmenter, **{name: bad})
+    with pytest.raises(InputError, match="polygon_min_area"):
+        auto(coco_in.parent / "images", out, segmenter, polygon_min_area=-3)
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
 
 
 def test_polygons_and_previews(dataset, segmenter, tmp_path):
