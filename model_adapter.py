@@ -485,7 +485,8 @@ class ModelAdapter(dl.BaseModelAdapter):
         return builder
 
     def _predict_image(self, prepared: "PreparedItem", builder: dl.AnnotationCollection) -> bool:
-        """Adds the item's new annotations to `builder`; False when the item was skipped."""
+        """Adds the item's new annotations to `builder` (and as `builder.sam2_no_result` the boxes that gave none);
+        False when the item was skipped."""
         item = prepared.item
         if not prepared.boxes:
             if self.settings.no_prompts == "skip":
@@ -509,7 +510,8 @@ class ModelAdapter(dl.BaseModelAdapter):
                 self._report(item, f"item {item.id}: {outcome}{kept}")
                 continue
             builder.annotations.extend(outcome)
-        # on the collection, as `sam2_untouched`: their earlier results are kept, and said to be
+        # Per collection, not on self (concurrent executions share the adapter): the boxes that gave no result;
+        # `_upload_model_annotations` keeps their earlier results and names them.
         builder.sam2_no_result = frozenset(s.id for s, o in zip(sources, outcomes) if isinstance(o, InputError))
         return True
 

@@ -45,7 +45,7 @@ __all__ = [
     "DEFAULT_MIN_AREA",
     "DEFAULT_MIN_IOU",
     "PNG_DATA_URL_PREFIX",
-    "box_region",
+    "box_window",
     "enclosing_box",
     "mask_iou",
     "mask_to_box",
@@ -811,27 +811,24 @@ def _centre_span(lo: float, hi: float) -> tuple[int, int]:
     return math.ceil(lo - 0.5), math.ceil(hi - 0.5)
 
 
-def box_region(box, angle_degrees: float, height: int, width: int
-               ) -> tuple[tuple[int, int, int, int], np.ndarray | None] | None:
-    """The pixels of an (height, width) image whose centres lie in ``box`` rotated by ``angle_degrees`` (the rule
-    of ``rotated_box_mask``), without a mask of the whole image: ``(window, inside)``, where ``window`` x0, y0,
-    x1, y1 (half-open) bounds them tightly and ``inside`` is the window's mask for a rotated box, None for an
-    unrotated one (every pixel of its window is in). None when no pixel centre of the image lies in the box.
+def box_window(box, angle_degrees: float, height: int, width: int) -> tuple[int, int, int, int] | None:
+    """The tight window x0, y0, x1, y1 (half-open) around the pixels of an (height, width) image whose centres lie
+    in ``box`` rotated by ``angle_degrees`` (the rule of ``rotated_box_mask``); None when there are none. For an
+    unrotated box every pixel of the window is in; a rotated one's are those of ``rotated_box_mask`` there.
     """
     b = np.asarray(box, dtype=np.float64).reshape(-1)
     (x1, x2), (y1, y2) = sorted(b[0::2]), sorted(b[1::2])
     if not angle_degrees or float(angle_degrees) % 360 == 0:
         (c0, c1), (r0, r1) = _centre_span(x1, x2), _centre_span(y1, y2)
         c0, c1, r0, r1 = max(c0, 0), min(c1, width), max(r0, 0), min(r1, height)
-        return ((c0, r0, c1, r1), None) if c0 < c1 and r0 < r1 else None
+        return (c0, r0, c1, r1) if c0 < c1 and r0 < r1 else None
     ex1, ey1, ex2, ey2 = enclosing_box(b, angle_degrees)
     c0, r0 = max(math.floor(ex1), 0), max(math.floor(ey1), 0)
     c1, r1 = min(math.ceil(ex2), width), min(math.ceil(ey2), height)
     if c0 >= c1 or r0 >= r1:
         return None
-    inside = rotated_box_mask(b, angle_degrees, r1 - r0, c1 - c0, origin=(c0, r0))
-    tight = _bounds(inside)
+    tight = _bounds(rotated_box_mask(b, angle_degrees, r1 - r0, c1 - c0, origin=(c0, r0)))
     if tight is None:
         return None
     t0, t1, s0, s1 = tight
-    return (c0 + s0, r0 + t0, c0 + s1, r0 + t1), np.ascontiguousarray(inside[t0:t1, s0:s1])
+    return c0 + s0, r0 + t0, c0 + s1, r0 + t1

@@ -23,7 +23,7 @@ from sam2.utils.transforms import SAM2Transforms
 
 from sam2_adapter.embeddings import EmbeddingCache, ImageFeatures
 from sam2_adapter.errors import InputError
-from sam2_adapter.geometry import box_region, enclosing_box, validate_box
+from sam2_adapter.geometry import box_window, enclosing_box, rotated_box_mask, validate_box
 from sam2_adapter.models import inference_context
 from sam2_adapter.upsample import upsample_logits
 
@@ -326,7 +326,7 @@ def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prom
     place and never costs the others their masks.
 
     Each mask is the object inside its box: pixels whose centre lies beyond the box grown by `margin` pixels on
-    every side are not kept (`geometry.box_region`), and upsampled only where that is cheaper (`upsample_logits`).
+    every side are not kept (`geometry.box_window`), and upsampled only where that is cheaper (`upsample_logits`).
     SAM 2 prompted with a box can spill past it onto what lies beside the object (the micro model does, often);
     the studio's click refinement crops its mask to the box as well (there with the corners truncated to whole
     pixels). A rotated box prompts SAM 2 with its enclosing box and keeps only the mask inside the rotated
@@ -342,19 +342,20 @@ def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prom
     margin = min(margin, height + width)  # a larger one keeps no more, and keeps the arithmetic finite
     outcomes: list = [None] * len(prompts)
     valid: list[tuple[int, np.ndarray]] = []
-    kept: dict[int, tuple] = {}  # index -> the pixels its mask may keep (`geometry.box_region`)
+    kept: dict[int, tuple] = {}  # index -> (the window its mask stays in, the grown box, the box's angle)
     for index, prompt in enumerate(prompts):
         try:
             angle = float(prompt.angle or 0.0)
             if not math.isfinite(angle):
                 raise InputError(f"{prompt.name}: box angle {prompt.angle!r} is not a number")
             box = validate_box(enclosing_box(prompt.box, angle) if angle else prompt.box, width, height, prompt.name)
-            region = box_region(_grown(prompt.box, margin), angle, height, width)
-            if region is None:
+            grown = _grown(prompt.box, margin)
+            window = box_window(grown, angle, height, width)
+            if window is None:
                 raise InputError(f"{prompt.name}: the box covers no pixel's centre of the {width}x{height} image "
-                                 "(its part inside the image is thinner than a pixel)")
+                                 "(it lies outside the image, or is thinner than a pixel there)")
             valid.append((index, box))
-            kept[index] = region
+            kept[index] = window, grown, angle
         except InputError as error:
             outcomes[index] = error
     if not valid:
@@ -362,8 +363,11 @@ def segment_box_prompts(segmenter: ImageSegmenter, features: ImageFeatures, prom
 
     def finish(index: int, result: MaskResult):
         prompt = prompts[index]
-        if result.area:
-            result = _clip_to_region(result, *kept[index])
+        _, grown, angle = kept[index]
+        if angle and result.area:  # upright: upsampled within the window, which is the cut
+            x0, y0 = result.origin
+            inside = rotated_box_mask(grown, angle, *result.crop.shape, origin=(x0, y0))
+            result = dataclasses.replace(result, crop=result.crop & inside)
         if not result.area:
             return InputError(f"{prompt.name}: SAM 2 found no object inside the box")
         return result if then is None else then(index, result)
@@ -393,14 +397,3 @@ def _grown(box: Sequence[float], margin: float) -> np.ndarray:
     b = np.asarray(box, np.float64).reshape(-1)
     (x1, x2), (y1, y2) = sorted(b[0::2]), sorted(b[1::2])
     return np.array([x1 - margin, y1 - margin, x2 + margin, y2 + margin])
-
-
-def _clip_to_region(result: MaskResult, window: tuple[int, int, int, int], inside: np.ndarray | None) -> MaskResult:
-    """The mask kept to a `geometry.box_region`: its crop lies in `window` already (upsampled within it), so only a
-    rotated box's `inside` is left to apply."""
-    if inside is None:
-        return result
-    x0, y0 = result.origin
-    h, w = result.crop.shape
-    top, left = y0 - window[1], x0 - window[0]
-    return dataclasses.replace(result, crop=result.crop & inside[top:top + h, left:left + w])

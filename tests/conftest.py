@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sam2_adapter.models import load_named_model  # noqa: E402
-from sam2_adapter.geometry import mask_to_polygons  # noqa: E402
+from sam2_adapter.geometry import mask_to_polygons, validate_box  # noqa: E402
 from sam2_adapter.scenes import make_clip, make_scene, mask_box, write_video  # noqa: E402
 from sam2_adapter.segment import ImageSegmenter  # noqa: E402
 
@@ -66,7 +66,8 @@ def box_masks(segmenter, image, boxes, margin: float = 0.0) -> list:
     """What Box to Segmentation must give for each (upright) box: SAM 2's own mask of the box (the segmenter's,
     uncut) where pixel centres lie inside the box grown by `margin`. MaskResults; `.area` 0 where none is left."""
     h, w = image.shape[:2]
-    results = segmenter.segment_boxes(segmenter.encode(image), np.asarray(boxes, np.float32))
+    clamped = [validate_box(box, w, h, "box") for box in boxes]  # SAM 2 is prompted with the box clamped
+    results = segmenter.segment_boxes(segmenter.encode(image), np.asarray(clamped, np.float32))
     return [dataclasses.replace(result, crop=result.full() & inside_box(box, margin, h, w), origin=(0, 0))
             for result, box in zip(results, np.asarray(boxes, np.float64))]
 

@@ -526,11 +526,15 @@ def test_a_box_that_gives_nothing_keeps_its_earlier_result_and_says_so(adapter, 
     messages = " | ".join(line["message"] for line in adapter.report)
     assert "beside" in messages and "SAM 2 found no object" in messages
     assert f"{kept} (of beside)" in messages and "earlier results of boxes that gave none this run are kept" in messages
-    configure(adapter, monkeypatch, box_margin=0, replace_boxes=True)
-    adapter.report.clear()
+    assert "(of ok)" not in messages, "the replaced result of the other box is not named as kept"
+    # then with replace_boxes: the box that gives nothing stays, beside its earlier result; the other is replaced
     replaced = platform.item("gone-empty-replaced", scene.image, boxes=boxes)
-    adapter.predict_items([replaced])
+    for margin, replace in ((20, False), (0, True)):
+        configure(adapter, monkeypatch, box_margin=margin, replace_boxes=replace)
+        adapter.report.clear()
+        adapter.predict_items([replaced])
     assert boxes_on(platform, "gone-empty-replaced") == ["beside"]
+    assert platform.results("gone-empty-replaced") == [("binary", "beside"), ("binary", "ok")]
     assert any("beside" in line["message"] and "the box is kept" in line["message"] for line in adapter.report)
 
 

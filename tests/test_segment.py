@@ -164,7 +164,7 @@ def test_bad_boxes_are_reported_and_the_others_still_segmented(segmenter, scenes
     # a box reaching 0.4 px into the image: what of it lies inside is thinner than a pixel
     (edge,) = segment_box_prompts(segmenter, segmenter.encode(scene.image),
                                   [BoxPrompt("annotation rim", [-40, 100, 0.4, 140])])
-    assert isinstance(edge, InputError) and "inside the image is thinner than a pixel" in str(edge)
+    assert isinstance(edge, InputError) and "covers no pixel's centre" in str(edge)
 
 
 def test_then_runs_on_each_mask_beside_the_decoder_in_order(micro_model, scenes):
