@@ -505,14 +505,16 @@ class ModelAdapter(dl.BaseModelAdapter):
                                                           _metadata(sources[k])),
             margin=self.settings.box_margin)
         kept = "; the box is kept" if self.settings.replace_boxes else ""
-        for outcome in outcomes:
+        no_result = set()
+        for source, outcome in zip(sources, outcomes):
             if isinstance(outcome, InputError):
                 self._report(item, f"item {item.id}: {outcome}{kept}")
-                continue
-            builder.annotations.extend(outcome)
+                no_result.add(source.id)
+            else:
+                builder.annotations.extend(outcome)
         # Per collection, not on self (concurrent executions share the adapter): the boxes that gave no result;
         # `_upload_model_annotations` keeps their earlier results and names them.
-        builder.sam2_no_result = frozenset(s.id for s, o in zip(sources, outcomes) if isinstance(o, InputError))
+        builder.sam2_no_result = frozenset(no_result)
         return True
 
     def _predict_video(self, prepared: "PreparedItem", builder: dl.AnnotationCollection) -> bool:
@@ -582,8 +584,8 @@ class ModelAdapter(dl.BaseModelAdapter):
             self._report(item, f"item {item.id}: {len(predictions) - len(stored)} of {len(predictions)} results were "
                                f"not stored (see the log); the earlier results and the sources they replace are kept")
         doomed = [a.id for a in earlier if _replaces(a) in complete]
-        stale = [f"{a.id} (of {_replaces(a)})" for a in earlier
-                 if _replaces(a) in getattr(predictions, "sam2_no_result", frozenset())]
+        no_result = getattr(predictions, "sam2_no_result", frozenset())
+        stale = [f"{a.id} (of {_replaces(a)})" for a in earlier if _replaces(a) in no_result]
         if stale:
             self._report(item, f"item {item.id}: earlier results of boxes that gave none this run are kept: "
                                + "; ".join(stale))
@@ -963,15 +965,16 @@ def _tracking_spans(drawn: Sequence[int], direction: str, max_frames: int | None
     shape over frames left out)."""
     first, last = drawn[0], drawn[-1]
     reach = num_frames if max_frames is None else max_frames - 1
+    before = [t for t in hidden if t < first]
+    after = [t for t in hidden if t > last]
     spans = {}
     if direction in ("forward", "both"):  # with "both", the backward passes reach the key frames before `first`
-        start = first if direction == "both" else min([first] + [t for t in hidden if t < first])
-        spans["forward"] = (start, max([min(last + reach, num_frames - 1)] + [t for t in hidden if t > last]))
+        start = first if direction == "both" else min([first] + before)
+        spans["forward"] = (start, max([min(last + reach, num_frames - 1)] + after))
     if direction == "backward":
-        spans["backward"] = (min([max(first - reach, 0)] + [t for t in hidden if t < first]),
-                             max([last] + [t for t in hidden if t > last]))
-    elif direction == "both" and (reach > 0 or any(t < first for t in hidden)) and first > 0:
-        spans["backward"] = (min([max(first - reach, 0)] + [t for t in hidden if t < first]), first - 1)
+        spans["backward"] = (min([max(first - reach, 0)] + before), max([last] + after))
+    elif direction == "both" and (reach > 0 or before) and first > 0:
+        spans["backward"] = (min([max(first - reach, 0)] + before), first - 1)
     return spans
 
 

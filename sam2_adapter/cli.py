@@ -33,7 +33,7 @@ from PIL import Image
 from sam2.modeling.sam2_base import SAM2Base
 
 from sam2_adapter.coco import _PALETTE, _write_atomically, auto, boxes_to_masks, check_output, draw_overlay
-from sam2_adapter.config import Settings, parse_number
+from sam2_adapter.config import Settings, parse_at_least
 from sam2_adapter.errors import InputError
 from sam2_adapter.frames import FrameSource, open_video
 from sam2_adapter.geometry import DEFAULT_MIN_AREA, mask_iou, mask_to_polygons, mask_to_rle, rle_to_mask, validate_box
@@ -552,13 +552,10 @@ def _number(least: float = -math.inf) -> Callable[[str], float]:
     """An argparse type: a finite number, at least `least`."""
     def parse(text: str) -> float:
         try:
-            value = parse_number(text, integer=False)
+            return parse_at_least(text, least)
         except ValueError:
-            value = math.nan
-        if not value >= least:  # NaN too
             raise argparse.ArgumentTypeError(f"{text} is not a finite number"
-                                             + (f" >= {least:g}" if least > -math.inf else ""))
-        return value
+                                             + (f" >= {least:g}" if least > -math.inf else "")) from None
     return parse
 
 

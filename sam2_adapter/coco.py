@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import stat
 import re
@@ -45,7 +44,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import cv2
 import numpy as np
 
-from sam2_adapter.config import parse_number
+from sam2_adapter.config import parse_at_least
 from sam2_adapter.errors import InputError
 from sam2_adapter.geometry import DEFAULT_MIN_AREA, mask_to_polygons, mask_to_rle, object_polygons
 from sam2_adapter.images import decode_image
@@ -746,12 +745,9 @@ def _list_images(images_dir: Path, outputs: list[Path]) -> list[str]:
 def _option(value, name: str) -> float:
     """A job's number option: finite and >= 0 (strings of numbers too), or an InputError naming it."""
     try:
-        number = parse_number(value, integer=False)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not number >= 0:
-        raise InputError(f"{name}: expected a finite number >= 0, got {value!r}")
-    return number
+        return parse_at_least(value, 0.0)
+    except ValueError as error:
+        raise InputError(f"{name}: {error}") from None
 
 
 def _check_dir(images_dir) -> Path:

@@ -127,6 +127,17 @@ class Settings:
         return dataclasses.asdict(self)
 
 
+def parse_at_least(raw: Any, least: float = -math.inf) -> float:
+    """A finite number (strings of numbers too) not below `least`; ValueError for anything else."""
+    try:
+        number = parse_number(raw, integer=False)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number >= least:  # NaN too
+        raise ValueError(f"expected a finite number >= {least:g}, got {raw!r}")
+    return number
+
+
 def parse_number(raw: Any, integer: bool) -> int | float:
     """A configuration number (strings of numbers too): finite, and whole where the key is an integer."""
     if isinstance(raw, bool):
